@@ -1,0 +1,100 @@
+"""Checkpoints that make a resumed run bitwise equal to an uninterrupted one (on the CPU).
+
+A checkpoint holds the model, the optimizer, every RNG state (torch's global ones, the data-order
+generator as it was at the start of the current epoch, the binarization generator), the epoch,
+the step and the position inside the epoch. `last.pt` is written atomically and the one before
+it is kept as `previous.pt`, so a corrupt or half-written file never loses the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vae_bench.tracking import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "previous.pt"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message says which files were tried and why they failed."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken (skipped non-finite steps count too)
+    batch_in_epoch: int = 0
+    order_state: torch.Tensor | None = None  # data-order generator at the start of this epoch
+    examples_per_s: list[float] = field(default_factory=list)  # one per completed epoch
+    nonfinite_steps: int = 0
+    epoch_seconds: float = 0.0  # of the epoch just trained
+    epoch_examples_per_s: float = 0.0
+    iwae_seconds: float | None = None
+    tracker: dict = field(default_factory=lambda: {"epoch_seconds": []})
+
+
+def save(run_dir: Path, model, optimizer, order_generator: torch.Generator,
+         binarize_generator: torch.Generator, state: TrainState) -> Path:
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": asdict(state),
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "binarize_rng": binarize_generator.get_state(),
+    }
+    last = folder / LAST
+    if last.exists():
+        os.replace(last, folder / PREVIOUS)
+    atomic_torch_save(payload, last)
+    return last
+
+
+def load_payload(run_dir: Path) -> tuple[dict, Path]:
+    """The newest readable checkpoint; falls back to previous.pt and says so."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    failures = []
+    for name in (LAST, PREVIOUS):
+        path = folder / name
+        if not path.exists():
+            failures.append(f"{path}: missing")
+            continue
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(payload, dict) or "model" not in payload:
+                raise ValueError("not a vae-bench checkpoint")
+        except Exception as error:  # a truncated or corrupt file must not end the resume
+            failures.append(f"{path}: unreadable ({type(error).__name__}: {error})")
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, error)
+            continue
+        if name == PREVIOUS:
+            log.warning("resuming from the previous good checkpoint %s (%s)", path,
+                        "; ".join(failures))
+        return payload, path
+    raise CheckpointError("No usable checkpoint in " + str(folder) + ": " + "; ".join(failures)
+                          + ". Start a new run with `vae-bench train` instead.")
+
+
+def restore(run_dir: Path, model, optimizer, order_generator: torch.Generator,
+            binarize_generator: torch.Generator) -> TrainState:
+    payload, _ = load_payload(run_dir)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["cpu_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    binarize_generator.set_state(payload["binarize_rng"])
+    state = TrainState(**payload["state"])
+    order_generator.set_state(state.order_state)
+    return state

@@ -1,0 +1,174 @@
+"""`vae-bench <command>`: train (a Hydra app), resume, report.
+
+The train subcommand hands every argument after `train` to Hydra unchanged, so overrides,
+`-m/--multirun`, `--cfg job` and `--help` behave as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from vae_bench.checkpoints import CheckpointError
+from vae_bench.config import ConfigError, TrainConfig, config_dir, register_configs, validate
+from vae_bench.data import DataError
+
+USAGE = """usage: vae-bench <command> [args]
+
+commands:
+  train [overrides] [-m]     train one VAE (a Hydra app: `vae-bench train --help` lists the
+                             config groups, `-m a=x,y` sweeps)
+  resume <run folder>        continue an interrupted run from its last checkpoint
+  report <folder> [...]      compare the runs of one or more sweeps (report.md, report.csv, PNGs)
+
+examples:
+  vae-bench train param=logvar
+  vae-bench train -m param=logvar,logstd,softplus_std seed=0,1,2
+  tensorboard --logdir outputs/sweeps
+  vae-bench report outputs/sweeps/<date_time>
+"""
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+USER_ERRORS = (ConfigError, DataError, CheckpointError, PermissionError)
+
+log = logging.getLogger("vae_bench")
+
+
+def job_name(override_dirname: str, job_number: int) -> str:
+    """Multirun job folders are named by their overrides, e.g. `param=logstd,seed=1`."""
+    return override_dirname or f"job{job_number}"
+
+
+OmegaConf.register_new_resolver("vae_bench_job_name", job_name, replace=True)
+register_configs()
+
+
+def fail(error: BaseException) -> None:
+    """Bad input: one paragraph on stderr and exit 2; a traceback only with HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"vae-bench: error: {error}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".write_test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"The output folder {run_dir} is not writable ({error.strerror}). "
+                              "Choose another with `hydra.run.dir=…` (single runs) or "
+                              "`hydra.sweep.dir=…` (sweeps).") from None
+
+
+def quiet_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler,
+                                                                         logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def finish(summary: dict, multirun: bool) -> None:
+    """A single run that diverged or was interrupted exits non-zero; a sweep goes on."""
+    status = summary["status"]
+    if multirun or status == "completed":
+        return
+    if status == "diverged":
+        print(f"vae-bench: run diverged at step {summary.get('diverged_step')} "
+              f"(epoch {summary.get('diverged_epoch')}); see summary.json", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    if status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def train_task(cfg: DictConfig) -> float | None:
+    from vae_bench.train import save_resolved_config, train
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)
+        check_writable(run_dir)
+        save_resolved_config(cfg, run_dir)
+        if cfg.log.quiet:
+            quiet_console()
+        log.info("run folder: %s", run_dir)
+        summary = train(cfg, run_dir, quiet=cfg.log.quiet)
+    except USER_ERRORS as error:
+        fail(error)
+    finish(summary, multirun)
+    return summary.get("test/elbo")
+
+
+def hydra_train(argv: list[str]) -> None:
+    decorated = hydra.main(config_path=str(config_dir()), config_name="train",
+                           version_base="1.3")(train_task)
+    sys.argv = ["vae-bench train", *argv]
+    decorated()
+
+
+def resume(argv: list[str]) -> None:
+    from vae_bench.train import train
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: vae-bench resume <run folder>", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    run_dir = Path(argv[0])
+    config_file = run_dir / "config.yaml"
+    try:
+        if not config_file.is_file():
+            raise CheckpointError(f"{run_dir} is not a vae-bench run folder: it has no "
+                                  "config.yaml. Pass the folder of one run (it holds config.yaml, "
+                                  "summary.json and checkpoints/), not a sweep folder.")
+        summary_file = run_dir / "summary.json"
+        if summary_file.is_file():
+            status = json.loads(summary_file.read_text()).get("status")
+            if status in ("completed", "diverged"):
+                print(f"vae-bench: {run_dir} has status {status!r}; nothing to resume.")
+                return
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_file))
+        validate(cfg)
+        check_writable(run_dir)
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
+                            handlers=[logging.StreamHandler(),
+                                      logging.FileHandler(run_dir / "train.log")])
+        if cfg.log.quiet:
+            quiet_console()
+        summary = train(cfg, run_dir, resume=True, quiet=cfg.log.quiet)
+    except USER_ERRORS as error:
+        fail(error)
+    finish(summary, multirun=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        hydra_train(rest)
+    elif command == "resume":
+        resume(rest)
+    elif command == "report":
+        from vae_bench.report import main as report_main
+
+        report_main(rest)
+    else:
+        print(f"vae-bench: unknown command {command!r}; choose train, resume or report.\n",
+              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

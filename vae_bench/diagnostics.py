@@ -1,0 +1,209 @@
+"""Statistics that tell σ-parameterizations apart: what reaches the σ head, how σ moves and
+saturates, how many latent units stay in use.
+
+Every value is computed on the training device at its cadence and kept there; the host reads
+them back only when `flush` is called at log time, so no step waits on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # diagnostics render figures off-screen, also on headless machines
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from vae_bench.data import to_float  # noqa: E402
+from vae_bench.likelihoods import mean_image  # noqa: E402
+from vae_bench.models import VAE, Posterior  # noqa: E402
+from vae_bench.tracking import Tracker  # noqa: E402
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_d]) > 0.01
+SATURATION_TOLERANCE = 0.01  # σ within 1% of a bound of its map counts as saturated
+
+LAYOUT = {
+    "vae-bench: objective": {
+        "ELBO (train vs test)": ["Multiline", ["train/elbo", "test/elbo"]],
+        "reconstruction NLL": ["Multiline", ["train/recon_nll", "test/recon_nll"]],
+        "KL": ["Multiline", ["train/kl", "test/kl"]],
+        "ELBO vs IWAE": ["Multiline", ["test/elbo", "test/nll_iwae"]],
+    },
+    "vae-bench: gradients": {
+        "mu head vs sigma head gradient norm": [
+            "Multiline", ["grad/norm_mu_head", "grad/norm_sigma_head"]],
+        "update / weight ratio": [
+            "Multiline", ["grad/update_ratio_mu_head", "grad/update_ratio_sigma_head"]],
+        "sigma head: norm ratio and SNR": [
+            "Multiline", ["grad/sigma_mu_ratio", "grad/snr_sigma_head"]],
+    },
+    "vae-bench: posterior": {
+        "sigma mean / min / max": [
+            "Multiline", ["posterior/sigma_mean", "posterior/sigma_min", "posterior/sigma_max"]],
+        "raw s mean / min / max": [
+            "Multiline", ["posterior/s_mean", "posterior/s_min", "posterior/s_max"]],
+        "saturation and active units": [
+            "Multiline", ["posterior/saturated_frac", "latent/active_units"]],
+    },
+}
+
+
+def _norm(tensors: list[Tensor]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def saturated_fraction(sigma: Tensor, bounds: tuple[float, float]) -> Tensor:
+    low, high = bounds
+    saturated = torch.zeros_like(sigma, dtype=torch.bool)
+    if low > 0:
+        saturated |= sigma <= low * (1 + SATURATION_TOLERANCE)
+    if math.isfinite(high):
+        saturated |= sigma >= high * (1 - SATURATION_TOLERANCE)
+    return saturated.float().mean()
+
+
+class Diagnostics:
+    def __init__(self, model: VAE, cfg: DictConfig, tracker: Tracker):
+        self.model = model
+        self.cfg = cfg
+        self.tracker = tracker
+        self.heads = model.head_parameters()
+        self.bounds = model.sigma_map.sigma_bounds(model.param_options)
+        self.pending: list[tuple[int, dict[str, Tensor]]] = []
+        self._s: Tensor | None = None
+        self._before_update: dict[str, list[Tensor]] = {}
+        self._snr_sum: Tensor | None = None
+        self._snr_sq_sum: Tensor | None = None
+        self._snr_count = 0
+
+    def write_layout(self) -> None:
+        self.tracker.custom_scalars(LAYOUT)
+
+    def _due(self, step: int) -> bool:
+        return step % self.cfg.grad_every == 0
+
+    def before_backward(self, step: int, posterior: Posterior) -> None:
+        if self._due(step):
+            self._s = posterior.s
+            self._s.retain_grad()
+            self.pending.append((step, self._posterior_stats(posterior)))
+        if step % self.cfg.hist_every == 0:
+            self._logvar_histogram(posterior.logvar.detach(), step)
+
+    def _posterior_stats(self, posterior: Posterior) -> dict[str, Tensor]:
+        sigma, s = posterior.sigma.detach().float(), posterior.s.detach().float()
+        return {
+            "posterior/sigma_mean": sigma.mean(), "posterior/sigma_min": sigma.min(),
+            "posterior/sigma_max": sigma.max(), "posterior/s_mean": s.mean(),
+            "posterior/s_min": s.min(), "posterior/s_max": s.max(),
+            "posterior/saturated_frac": saturated_fraction(sigma, self.bounds),
+        }
+
+    def _logvar_histogram(self, logvar: Tensor, step: int) -> None:
+        finite = torch.isfinite(logvar)
+        # Histograms are rare (hist_every), so reading back here costs nothing per step.
+        self.tracker.histogram("posterior/logvar", logvar[finite], step)
+        self.pending.append((step, {"posterior/logvar_nonfinite": (~finite).sum()}))
+
+    def after_backward(self, step: int, total_norm: Tensor) -> None:
+        """Gradient statistics; `total_norm` is the pre-clipping norm of the whole model."""
+        sigma_grads = [p.grad for p in self.heads["sigma_head"]]
+        in_window = step % self.cfg.grad_every < self.cfg.snr_window
+        if in_window:
+            flat = torch.cat([g.detach().flatten() for g in sigma_grads]).double()
+            if step % self.cfg.grad_every == 0:
+                self._snr_sum, self._snr_sq_sum, self._snr_count = 0.0, 0.0, 0
+            self._snr_sum = self._snr_sum + flat
+            self._snr_sq_sum = self._snr_sq_sum + flat.square()
+            self._snr_count += 1
+            if self._snr_count == self.cfg.snr_window:
+                self.pending.append((step, {"grad/snr_sigma_head": self._snr()}))
+        if not self._due(step):
+            return
+        stats = {"grad/norm_total": total_norm.detach().float()}
+        for name, params in self.heads.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                tag = "grad/norm_decoder_sigma" if name == "decoder_sigma" else f"grad/norm_{name}"
+                stats[tag] = _norm(grads)
+        stats["grad/sigma_mu_ratio"] = stats["grad/norm_sigma_head"] / stats["grad/norm_mu_head"]
+        if self._s is not None and self._s.grad is not None:
+            # loss is the batch mean: scale by B to get the per-example derivative.
+            stats["grad/dloss_ds_abs"] = self._s.grad.abs().mean() * self._s.shape[0]
+        self._s = None
+        self._before_update = {name: [p.detach().clone() for p in self.heads[name]]
+                               for name in ("mu_head", "sigma_head")}
+        self.pending.append((step, stats))
+
+    def _snr(self) -> Tensor:
+        n = self._snr_count
+        mean = self._snr_sum / n
+        variance = (self._snr_sq_sum / n - mean.square()).clamp(min=0) * n / (n - 1)
+        return (mean.abs() / (variance.sqrt() + 1e-12)).mean().float()
+
+    def after_step(self, step: int) -> None:
+        if not self._before_update:
+            return
+        stats = {}
+        for name, old in self._before_update.items():
+            new = [p.detach() for p in self.heads[name]]
+            delta = _norm([n - o for n, o in zip(new, old)])
+            stats[f"grad/update_ratio_{name}"] = delta / _norm(old)
+        self._before_update = {}
+        self.pending.append((step, stats))
+
+    def flush(self, epoch: int) -> None:
+        """Read every pending statistic back in one go and log it at its own step."""
+        by_step: dict[int, dict[str, Tensor]] = {}
+        for step, stats in self.pending:
+            by_step.setdefault(step, {}).update(stats)
+        self.pending = []
+        for step in sorted(by_step):
+            tags = list(by_step[step])
+            values = torch.stack([by_step[step][t].float() for t in tags]).tolist()
+            self.tracker.scalars(dict(zip(tags, values)), step, epoch)
+
+
+@torch.no_grad()
+def latent_usage(results: dict, tracker: Tracker, step: int, model: VAE, test_images: Tensor,
+                 binarize: bool, images: bool) -> dict[str, float]:
+    """Active units and per-dimension KL from an evaluation, plus image grids."""
+    activity = results["posterior_means"].double().var(dim=0)
+    active_units = int((activity > ACTIVE_UNIT_THRESHOLD).sum().item())
+    kl_per_dim = results["kl_per_dim"].float()
+    tracker.histogram("latent/kl_per_dim", kl_per_dim, step)
+    tracker.figure("latent/kl_per_dim_sorted", sorted_kl_figure(kl_per_dim.cpu()), step)
+    if images:
+        log_images(model, test_images, binarize, tracker, step)
+    return {"latent/active_units": active_units}
+
+
+def sorted_kl_figure(kl_per_dim: Tensor):
+    values = torch.sort(kl_per_dim, descending=True).values.numpy()
+    figure, axis = plt.subplots(figsize=(5, 2.5), dpi=80)
+    axis.bar(range(len(values)), values, color="tab:blue")
+    axis.axhline(ACTIVE_UNIT_THRESHOLD, color="gray", lw=0.8, ls="--")
+    axis.set_xlabel("latent dimension (sorted)")
+    axis.set_ylabel("KL (nats)")
+    figure.tight_layout()
+    return figure
+
+
+def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker, step: int,
+               count: int = 16) -> None:
+    model.eval()
+    generator = torch.Generator(test_images.device).manual_seed(0)
+    x = to_float(test_images[:count], binarize, generator)
+    decoded = model.decode(model.encode(x).mu)
+    shape = (-1, *model.image_shape)
+    reconstructions = mean_image(model.likelihood_name, decoded.mean_out).view(shape)
+    pairs = torch.cat([x.view(shape), reconstructions])  # inputs on top, reconstructions below
+    tracker.image("images/reconstructions", make_grid(pairs.float(), nrow=count), step)
+    z = torch.randn(64, model.latent_dim, device=test_images.device, generator=generator)
+    samples = mean_image(model.likelihood_name, model.decode(z).mean_out).view(shape)
+    tracker.image("images/samples", make_grid(samples.float(), nrow=8), step)
+    model.train()

@@ -1,0 +1,136 @@
+"""One writer API for a run folder: TensorBoard events, metrics.jsonl and summary.json.
+
+Nothing else in the project imports TensorBoard. Every scalar goes to both TensorBoard and
+metrics.jsonl under the same tag, and its latest value is kept for summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write beside the target, fsync, then rename: a crash leaves the old file readable."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_number(value: float) -> float | str:
+    # JSON has no NaN/Inf; strings keep them visible instead of breaking strict readers.
+    return value if math.isfinite(value) else str(value)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+class Tracker:
+    """Writes one run folder. `purge_step` drops anything logged at or after that step by an
+    earlier, interrupted process (TensorBoard honours it, and metrics.jsonl is cut to match)."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.latest: dict[str, float] = {}
+        self.epoch_seconds: list[float] = []
+        if purge_step is not None:
+            self._truncate_metrics(purge_step)
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
+        self._metrics = open(self.run_dir / METRICS_FILE, "a")
+
+    def _truncate_metrics(self, purge_step: int) -> None:
+        kept = [r for r in read_metrics(self.run_dir) if r["step"] < purge_step]
+        for record in kept:
+            for tag, value in record.items():
+                if tag not in ("step", "epoch", "time"):
+                    self.latest[tag] = float(value)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write_text(self.run_dir / METRICS_FILE, text)
+
+    def scalars(self, values: dict[str, float], step: int, epoch: int | None = None) -> None:
+        record: dict[str, Any] = {"step": step, "epoch": epoch}
+        for tag, value in values.items():
+            value = float(value)
+            self.writer.add_scalar(tag, value, step)
+            self.latest[tag] = value
+            record[tag] = _json_number(value)
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self.writer.add_histogram(tag, values.detach().float().cpu().numpy(), step)
+
+    def image(self, tag: str, image_chw: torch.Tensor, step: int) -> None:
+        self.writer.add_image(tag, image_chw.detach().float().cpu(), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        self.writer.add_figure(tag, figure, step, close=True)
+
+    def custom_scalars(self, layout: dict) -> None:
+        self.writer.add_custom_scalars(layout)
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """One hparams entry in this run's own folder (SummaryWriter.add_hparams would make a
+        time-stamped sub-run instead). TensorBoard reads metric values from this run's scalars."""
+        metrics = {tag: self.latest.get(tag, float("nan")) for tag in metric_tags}
+        for summary in hparams_summaries(hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+
+    def write_summary(self, status: str, **fields: Any) -> dict:
+        summary: dict[str, Any] = {"status": status, **fields}
+        for tag, value in self.latest.items():
+            summary[tag] = _json_number(value)
+        if self.epoch_seconds:
+            summary["train/epoch_seconds"] = statistics.median(self.epoch_seconds)
+            summary["train/epoch_seconds_all"] = list(self.epoch_seconds)
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._metrics.close()
+
+    def state(self) -> dict:
+        return {"epoch_seconds": list(self.epoch_seconds)}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch_seconds = list(state["epoch_seconds"])

@@ -1,0 +1,348 @@
+"""The training loop: epochs, evaluation, checkpoints, resume, divergence and interrupts.
+
+`train(cfg, run_dir)` is independent of Hydra: the CLI composes and checks the config, this
+module runs it. A run folder is the unit of truth; see tracking.py for what it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from vae_bench import checkpoints
+from vae_bench.config import data_root
+from vae_bench.data import load_splits, to_float
+from vae_bench.diagnostics import Diagnostics, latent_usage
+from vae_bench.estimators import elbo_terms, evaluate, evaluate_iwae
+from vae_bench.models import VAE
+from vae_bench.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+TRAIN_TAGS = ("train/elbo", "train/recon_nll", "train/kl")
+HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"]
+IWAE_ROWS = 32768  # (sample, example) pairs decoded at once: k=1000 on MNIST stays under 2 GiB
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but CUDA is not available here; "
+                           "use trainer.device=cpu or trainer.device=auto")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
+    sigma_head = list(model.encoder_sigma_head.parameters())
+    others = [p for p in model.parameters() if all(p is not q for q in sigma_head)]
+    groups = [{"params": others, "lr": cfg.lr},
+              {"params": sigma_head, "lr": cfg.lr * cfg.sigma_head_lr_mult}]
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    return {
+        "dataset": cfg.dataset.name, "model": cfg.model.name, "param": cfg.param.name,
+        "likelihood": cfg.likelihood.name, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
+        "batch_size": cfg.trainer.batch_size, "latent_dim": cfg.model.latent_dim,
+        "seed": cfg.seed,
+    }
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop stops after the current step and checkpoints."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (some launchers): keep the defaults
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; checkpoints save and restore its state."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    train_images: torch.Tensor
+    test_images: torch.Tensor
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    order_generator: torch.Generator  # data order, on the CPU
+    binarize_generator: torch.Generator
+    tracker: Tracker
+    diagnostics: Diagnostics | None
+    state: checkpoints.TrainState
+    steps_per_epoch: int
+
+    def save_checkpoint(self) -> None:
+        self.state.tracker = self.tracker.state()
+        checkpoints.save(self.run_dir, self.model, self.optimizer, self.order_generator,
+                         self.binarize_generator, self.state)
+
+
+def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    device = pick_device(cfg.trainer.device)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.dataset.name, data_root(cfg), cfg.data.download,
+                         synthetic_num_train=cfg.dataset.num_train,
+                         synthetic_num_test=cfg.dataset.num_test,
+                         synthetic_image_size=cfg.dataset.image_size,
+                         synthetic_channels=cfg.dataset.channels, synthetic_seed=cfg.seed)
+    model = VAE(cfg, splits.image_shape).to(device)
+    optimizer = build_optimizer(cfg.optim, model)
+    order_generator = torch.Generator().manual_seed(cfg.seed)
+    binarize_generator = torch.Generator(device).manual_seed(cfg.seed + 1)
+    state = checkpoints.TrainState()
+    if resume:
+        state = checkpoints.restore(run_dir, model, optimizer, order_generator,
+                                    binarize_generator)
+    tracker = Tracker(run_dir, purge_step=state.step + 1 if resume else None)
+    if resume:
+        tracker.load_state(state.tracker)
+        tracker.text("events", f"resumed from step {state.step} (epoch {state.epoch})",
+                     state.step)
+    diagnostics = Diagnostics(model, cfg.log, tracker) if cfg.log.diagnostics else None
+    if diagnostics and not resume:
+        diagnostics.write_layout()
+    steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
+    if cfg.trainer.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.trainer.max_steps_per_epoch)
+    return Run(cfg, run_dir, device, splits.train.to(device), splits.test.to(device), model,
+               optimizer, order_generator, binarize_generator, tracker, diagnostics, state,
+               steps_per_epoch)
+
+
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Train one run into `run_dir` and return its summary (also written to summary.json)."""
+    run = setup(cfg, Path(run_dir), resume)
+    run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch)
+    outcome: dict = {"status": "completed"}
+    try:
+        with StopRequest() as stop_request:
+            while run.state.epoch < cfg.trainer.epochs:
+                outcome = train_epoch(run, stop_request, quiet)
+                if outcome["status"] != "completed":
+                    break
+                end_epoch(run)
+    except Exception as error:  # keep what was written, and say why the run ended
+        outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        finish(run, outcome)
+        raise
+    return finish(run, outcome)
+
+
+def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
+    """One pass over the shuffled training split; returns the run's status afterwards."""
+    cfg, state, model, diagnostics = run.cfg, run.state, run.model, run.diagnostics
+    batch_size = cfg.trainer.batch_size
+    skip_nonfinite = cfg.trainer.on_nonfinite == "skip"
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.trainer.precision == "bf16")
+    step_terms = torch.compile(elbo_terms) if cfg.trainer.compile else elbo_terms
+    # Device-side accumulators: the host reads them only at log time.
+    window = torch.zeros(4, device=run.device, dtype=torch.float64)  # elbo, recon, kl, count
+    bad_steps = torch.zeros((), device=run.device, dtype=torch.int64)
+    first_bad_step = torch.full((), -1, device=run.device, dtype=torch.int64)
+    consecutive_skips = 0
+
+    def log_window() -> None:
+        elbo, recon_nll, kl, count = window.tolist()
+        if count:
+            means = (elbo / count, recon_nll / count, kl / count)
+            run.tracker.scalars(dict(zip(TRAIN_TAGS, means, strict=True)), state.step,
+                                state.epoch + 1)
+        window.zero_()
+        state.nonfinite_steps += int(bad_steps.item())
+        bad_steps.zero_()
+        run.tracker.scalars({"health/nonfinite_steps": state.nonfinite_steps}, state.step,
+                            state.epoch + 1)
+        if diagnostics:
+            diagnostics.flush(state.epoch + 1)
+
+    epoch_start = time.perf_counter()
+    state.order_state = run.order_generator.get_state()
+    order = torch.randperm(len(run.train_images), generator=run.order_generator).to(run.device)
+    first_batch = state.batch_in_epoch
+    bar = tqdm(total=run.steps_per_epoch, initial=first_batch, leave=False, disable=quiet,
+               desc=f"epoch {state.epoch + 1}/{cfg.trainer.epochs}", dynamic_ncols=True)
+    status = {"status": "completed"}
+    while state.batch_in_epoch < run.steps_per_epoch:
+        index = order[state.batch_in_epoch * batch_size:(state.batch_in_epoch + 1) * batch_size]
+        x = to_float(run.train_images[index], cfg.dataset.binarize, run.binarize_generator)
+        with autocast:
+            terms = step_terms(model, x)
+        recon_nll, kl = terms.recon_nll.float(), terms.kl.float()
+        loss = (recon_nll + kl).mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        if diagnostics:
+            diagnostics.before_backward(state.step, terms.posterior)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   cfg.optim.grad_clip or math.inf)
+        step_bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        bad_steps += step_bad
+        first_bad_step = torch.where(step_bad & (first_bad_step < 0), state.step, first_bad_step)
+        state.step += 1
+        state.batch_in_epoch += 1
+        bar.update()
+        if skip_nonfinite and step_bad:  # deciding per step needs the flag on the host
+            consecutive_skips += 1
+            if consecutive_skips >= cfg.trainer.max_skips:
+                status = {"status": "diverged", "diverged_step": int(first_bad_step),
+                          "reason": f"{consecutive_skips} consecutive non-finite steps skipped"}
+                break
+            continue
+        consecutive_skips = 0
+        if diagnostics:
+            diagnostics.after_backward(state.step - 1, grad_norm)
+        run.optimizer.step()
+        if diagnostics:
+            diagnostics.after_step(state.step - 1)
+        window += torch.stack([-(recon_nll + kl).sum(), recon_nll.sum(), kl.sum(),
+                               recon_nll.new_tensor(len(index))]).detach().double()
+        if not skip_nonfinite and state.step % cfg.trainer.check_every == 0 \
+                and first_bad_step >= 0:
+            status = {"status": "diverged", "diverged_step": int(first_bad_step)}
+            break
+        if state.step % cfg.log.every_steps == 0:
+            log_window()
+        if stop_request.signal_name:
+            status = {"status": "interrupted", "signal": stop_request.signal_name}
+            break
+    bar.close()
+    if status["status"] == "completed" and not skip_nonfinite and first_bad_step >= 0:
+        status = {"status": "diverged", "diverged_step": int(first_bad_step)}
+    if status["status"] == "diverged":
+        # The window and the pending diagnostics saw the blow-up: keep the last finite values.
+        state.nonfinite_steps += int(bad_steps.item())
+        run.tracker.scalars({"health/nonfinite_steps": state.nonfinite_steps}, state.step,
+                            state.epoch + 1)
+        if diagnostics:
+            diagnostics.pending.clear()
+        status["diverged_epoch"] = state.epoch + 1
+        return status
+    log_window()
+    if status["status"] == "interrupted":
+        run.save_checkpoint()
+        return status
+    examples = (state.batch_in_epoch - first_batch) * batch_size
+    state.epoch_seconds = time.perf_counter() - epoch_start
+    state.epoch_examples_per_s = min(examples, len(run.train_images)) / state.epoch_seconds
+    return status
+
+
+def end_epoch(run: Run) -> None:
+    """Evaluate on the test split (sampled z), log, and checkpoint."""
+    cfg, state = run.cfg, run.state
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    state.order_state = run.order_generator.get_state()
+    state.examples_per_s.append(state.epoch_examples_per_s)
+    run.tracker.epoch_seconds.append(state.epoch_seconds)
+    eval_generator = torch.Generator(run.device).manual_seed(cfg.seed + 2)
+    results = evaluate(run.model, run.test_images, cfg.eval.batch_size, cfg.dataset.binarize,
+                       eval_generator)
+    scalars = {tag: results[tag].item() for tag in ("test/elbo", "test/recon_nll", "test/kl")}
+    scalars["train/epoch_seconds"] = state.epoch_seconds
+    scalars["train/examples_per_s"] = state.epoch_examples_per_s
+    iwae_due = cfg.eval.iwae_every and state.epoch % cfg.eval.iwae_every == 0
+    if state.epoch == cfg.trainer.epochs or iwae_due:
+        scalars["test/nll_iwae"] = iwae_nll(run)
+    if run.diagnostics:
+        scalars.update(latent_usage(results, run.tracker, state.step, run.model,
+                                    run.test_images, cfg.dataset.binarize, cfg.log.images))
+    run.tracker.scalars(scalars, state.step, state.epoch)
+    log.info(epoch_line(state.epoch, cfg.trainer.epochs, scalars))
+    run.save_checkpoint()
+    run.tracker.write_summary("running", step=state.step, epoch=state.epoch,
+                              **{"train/examples_per_s": statistics.median(state.examples_per_s)})
+
+
+def iwae_nll(run: Run) -> float:
+    cfg = run.cfg
+    images = run.test_images[:cfg.eval.iwae_max_examples or None]
+    generator = torch.Generator(run.device).manual_seed(cfg.seed + 3)
+    rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, cfg.eval.iwae_k))
+    start = time.perf_counter()
+    value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, cfg.eval.iwae_k,
+                          cfg.eval.iwae_chunk, generator).item()
+    run.state.iwae_seconds = time.perf_counter() - start
+    return value
+
+
+def finish(run: Run, outcome: dict) -> dict:
+    """Write the end of the run: event text, hparams entry, summary.json."""
+    status, state, tracker = outcome["status"], run.state, run.tracker
+    if status == "diverged":
+        message = (f"diverged: non-finite loss or gradients at step {outcome['diverged_step']} "
+                   f"(epoch {outcome['diverged_epoch']}); the metrics kept are the last finite "
+                   "ones")
+    elif status == "interrupted":
+        message = (f"interrupted by {outcome['signal']} at step {state.step}; continue with "
+                   f"`vae-bench resume {run.run_dir}`")
+    elif status == "failed":
+        message = f"failed at step {state.step}: {outcome['error']}"
+    else:
+        message = None
+    if message:
+        tracker.text("events", message, state.step)
+        log.warning(message)
+    tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS)
+    fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
+              **{k: v for k, v in outcome.items() if k != "status"}}
+    if state.examples_per_s:
+        fields["train/examples_per_s"] = statistics.median(state.examples_per_s)
+    if state.iwae_seconds is not None:
+        fields["eval/iwae_seconds"] = state.iwae_seconds
+    summary = tracker.write_summary(status, **fields)
+    tracker.close()
+    return summary
+
+
+def epoch_line(epoch: int, epochs: int, scalars: dict) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"test/elbo {scalars['test/elbo']:.2f}",
+             f"recon {scalars['test/recon_nll']:.2f}", f"kl {scalars['test/kl']:.2f}"]
+    if "test/nll_iwae" in scalars:
+        parts.append(f"nll_iwae {scalars['test/nll_iwae']:.2f}")
+    if "latent/active_units" in scalars:
+        parts.append(f"active {scalars['latent/active_units']:.0f}")
+    parts.append(f"{scalars['train/epoch_seconds']:.1f}s")
+    parts.append(f"{scalars['train/examples_per_s']:.0f} ex/s")
+    return " | ".join(parts)
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
