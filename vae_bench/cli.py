@@ -10,10 +10,13 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,6 +64,12 @@ def fail(error: BaseException) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def unwritable(run_dir: Path, reason: str) -> PermissionError:
+    return PermissionError(f"The output folder {run_dir} is not writable ({reason}). "
+                           "Choose another with `hydra.run.dir=…` (single runs) or "
+                           "`hydra.sweep.dir=…` (sweeps).")
+
+
 def check_writable(run_dir: Path) -> None:
     probe = run_dir / ".write_test"
     try:
@@ -68,9 +77,54 @@ def check_writable(run_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise PermissionError(f"The output folder {run_dir} is not writable ({error.strerror}). "
-                              "Choose another with `hydra.run.dir=…` (single runs) or "
-                              "`hydra.sweep.dir=…` (sweeps).") from None
+        raise unwritable(run_dir, error.strerror) from None
+
+
+def check_creatable(run_dir: Path) -> None:
+    """Whether `run_dir` can be created and written, creating nothing that stays behind."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise unwritable(run_dir, f"{existing} is a file, not a folder")
+    try:  # a real write: permission bits do not stop root, but /proc or a read-only mount do
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise unwritable(run_dir, f"cannot create anything in {existing}: {error.strerror}") \
+            from None
+
+
+class OutputDirCheck(Callback):
+    """Checks the output folder before Hydra creates it: Hydra's own mkdir would end the run
+    with a traceback instead of a message."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "sweep")
+
+    @staticmethod
+    def _check(config: DictConfig, mode: str) -> None:
+        try:
+            folder = Path(os.path.abspath(str(config.hydra[mode].dir)))
+        except Exception:  # not resolvable yet (e.g. ${hydra:...}): Hydra reports it itself
+            return
+        try:
+            check_creatable(folder)
+        except PermissionError as error:
+            fail(error)
+
+
+OUTPUT_DIR_CHECK = "+hydra.callbacks.vae_bench_output_dir._target_=vae_bench.cli.OutputDirCheck"
+
+
+def with_output_dir_check(argv: list[str]) -> list[str]:
+    """Registers OutputDirCheck. Hydra's parser takes overrides only as one contiguous block
+    (`a=1 --cfg job b=2` is an error), so it joins the block where there is one."""
+    first = next((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")),
+                 len(argv))
+    return [*argv[:first], OUTPUT_DIR_CHECK, *argv[first:]]
 
 
 def quiet_console() -> None:
@@ -113,10 +167,32 @@ def train_task(cfg: DictConfig) -> float | None:
     return summary.get("test/elbo")
 
 
+def name_by_swept_keys(argv: list[str]) -> list[str]:
+    """In a multirun, name job folders by the swept overrides only (`param=logstd,seed=1`):
+    overrides shared by every job would only lengthen every name, and they are recorded in each
+    run's .hydra/overrides.yaml and config.yaml anyway."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not {"-m", "--multirun"} & set(argv):
+        return argv
+    candidates = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # let Hydra report malformed overrides in its own words
+        return argv
+    constant = [o.get_key_element() for o in overrides
+                if not o.is_sweep_override() and not o.get_key_element().startswith("hydra")]
+    if not constant or any(a.startswith("hydra.job.config.override_dirname") for a in argv):
+        return argv
+    train_yaml = OmegaConf.load(config_dir() / "train.yaml")
+    excluded = list(train_yaml.hydra.job.config.override_dirname.exclude_keys) + constant
+    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"]
+
+
 def hydra_train(argv: list[str]) -> None:
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
-    sys.argv = ["vae-bench train", *argv]
+    sys.argv = ["vae-bench train", *with_output_dir_check(name_by_swept_keys(argv))]
     decorated()
 
 

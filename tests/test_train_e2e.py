@@ -1,0 +1,136 @@
+"""`vae-bench train` end to end, in subprocesses, on synthetic data and on tiny files in the
+MNIST and CIFAR-10 formats; event files are read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import TINY, event_scalars, run_cli
+from datafiles import write_cifar, write_idx_set
+
+CORE_TAGS = {
+    "train/elbo", "train/recon_nll", "train/kl",
+    "test/elbo", "test/recon_nll", "test/kl", "test/nll_iwae",
+    "train/epoch_seconds", "train/examples_per_s",
+}
+
+pytestmark = pytest.mark.slow
+
+
+def only_run(folder: Path) -> Path:
+    runs = [p.parent for p in folder.rglob("summary.json")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def check_run_folder(run_dir: Path, epochs: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["epoch"] == epochs
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    scalars = event_scalars(run_dir)
+    assert CORE_TAGS <= set(scalars), CORE_TAGS - set(scalars)
+    assert len(scalars["test/elbo"]) == epochs  # one evaluation per epoch
+    timing = {"train/epoch_seconds", "train/examples_per_s"}  # summarised by their median
+    for tag in CORE_TAGS - timing:  # summary.json holds the final value of every tag, same name
+        assert summary[tag] == pytest.approx(scalars[tag][-1][1], rel=1e-6), tag
+    for tag in timing:
+        per_epoch = sorted(value for _, value in scalars[tag])
+        assert per_epoch[0] * (1 - 1e-6) <= summary[tag] <= per_epoch[-1] * (1 + 1e-6), tag
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "epoch"} <= set(records[0])
+    assert any("test/elbo" in r for r in records)
+    # The test ELBO is a bound on log p(x) that the IWAE estimate tightens.
+    assert summary["test/nll_iwae"] <= -summary["test/elbo"] + 1.0
+    return summary
+
+
+def test_synthetic(tmp_path: Path) -> None:
+    result = run_cli(["train", *TINY, "hydra.run.dir=run"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_run_folder(tmp_path / "run", epochs=2)
+
+
+def test_tiny_mnist_format_files(tmp_path: Path) -> None:
+    write_idx_set(tmp_path / "data", n_train=96, n_test=32, gz=True)
+    args = ["train", *TINY, "dataset=mnist", "data.root=data", "hydra.run.dir=run"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_run_folder(tmp_path / "run", epochs=2)
+
+
+def test_tiny_fashion_mnist_with_binarization_and_mlp_iwae(tmp_path: Path) -> None:
+    write_idx_set(tmp_path / "data", folder="FashionMNIST", n_train=64, n_test=32)
+    args = ["train", *TINY, "dataset=fashion_mnist", "dataset.binarize=true",
+            "model=mlp_iwae", "data.root=data", "hydra.run.dir=run"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_run_folder(tmp_path / "run", epochs=2)
+
+
+def test_tiny_cifar_format_files_with_conv_and_gaussian(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", n_per_batch=16)
+    args = ["train", *TINY, "dataset=cifar10", "model=conv", "likelihood=gaussian_pixel",
+            "likelihood.param=softplus_std", "param=softplus_var", "data.root=data",
+            "hydra.run.dir=run"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = check_run_folder(tmp_path / "run", epochs=2)
+    assert "grad/norm_decoder_sigma" in summary  # the per-pixel σₓ head is tracked
+
+
+def test_multirun_names_runs_by_overrides(tmp_path: Path) -> None:
+    args = ["train", "-m", *TINY, "trainer.epochs=1", "param=logvar,logstd", "seed=0,1",
+            "hydra.sweep.dir=sweep"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "sweep"
+    runs = sorted(p.parent.name for p in sweep.rglob("summary.json"))
+    assert runs == ["param=logstd,seed=0", "param=logstd,seed=1",
+                    "param=logvar,seed=0", "param=logvar,seed=1"]
+    # TensorBoard's runs are the folders holding event files: exactly the four named runs.
+    event_dirs = {p.parent for p in sweep.rglob("events.out.tfevents*")}
+    assert sorted(d.relative_to(sweep).as_posix() for d in event_dirs) == runs
+
+
+def test_cfg_job_and_help_behave_as_in_hydra(tmp_path: Path) -> None:
+    result = run_cli(["train", "param=softplus_std", "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: softplus_std" in result.stdout
+    assert not (tmp_path / "outputs").exists()  # printing the config trains nothing
+    result = run_cli(["train", "--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for group in ("dataset", "model", "param", "likelihood", "optim"):
+        assert f"{group}:" in result.stdout
+    assert "softplus_var" in result.stdout
+
+
+def test_unknown_command_is_an_error(tmp_path: Path) -> None:
+    result = run_cli(["trian"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "trian" in result.stderr and "train" in result.stderr
+
+
+def real_mnist_root() -> Path | None:
+    root = os.environ.get("VAE_BENCH_DATA")
+    if root and (Path(root) / "MNIST" / "raw").is_dir():
+        return Path(root).resolve()
+    return None
+
+
+@pytest.mark.skipif(real_mnist_root() is None, reason="real MNIST not found under $VAE_BENCH_DATA")
+def test_real_mnist_one_epoch_matches_the_reference(tmp_path: Path) -> None:
+    """pytorch/examples' VAE reaches a test loss of ≈128.4 nats after one epoch on this setting."""
+    args = ["train", "dataset=mnist", "model=mlp", "param=logvar", "likelihood=bernoulli",
+            "trainer.batch_size=128", "optim=adam", "optim.lr=1e-3", "trainer.epochs=1",
+            f"data.root={real_mnist_root()}", "eval.iwae_k=10", "log.quiet=true",
+            "hydra.run.dir=run"]
+    result = run_cli(args, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert -summary["test/elbo"] <= 132.0

@@ -1,0 +1,3 @@
+from vae_bench.cli import main
+
+main()
