@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_bench.checkpoints import CheckpointError
 from vae_bench.config import ConfigError, TrainConfig, config_dir, register_configs, validate
 from vae_bench.data import DataError
+from vae_bench.tracking import atomic_write_text
 
 USAGE = """usage: vae-bench <command> [args]
 
@@ -127,6 +128,15 @@ def with_output_dir_check(argv: list[str]) -> list[str]:
     return [*argv[:first], OUTPUT_DIR_CHECK, *argv[first:]]
 
 
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "summary.json",
+                          json.dumps({"status": "failed", "error": str(error)}, indent=2) + "\n")
+    except OSError:  # an unwritable folder is the error itself; the log line above says so
+        pass
+
+
 def quiet_console() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler,
@@ -162,6 +172,10 @@ def train_task(cfg: DictConfig) -> float | None:
         log.info("run folder: %s", run_dir)
         summary = train(cfg, run_dir, quiet=cfg.log.quiet)
     except USER_ERRORS as error:
+        if multirun:  # one bad job must not end the sweep: record it where the report looks
+            log.error("vae-bench: error: %s", error)
+            record_failure(run_dir, error)
+            return None
         fail(error)
     finish(summary, multirun)
     return summary.get("test/elbo")

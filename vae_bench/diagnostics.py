@@ -31,7 +31,7 @@ LAYOUT = {
         "ELBO (train vs test)": ["Multiline", ["train/elbo", "test/elbo"]],
         "reconstruction NLL": ["Multiline", ["train/recon_nll", "test/recon_nll"]],
         "KL": ["Multiline", ["train/kl", "test/kl"]],
-        "ELBO vs IWAE": ["Multiline", ["test/elbo", "test/nll_iwae"]],
+        "importance-weighted NLL (test)": ["Multiline", ["test/nll_iwae"]],
     },
     "vae-bench: gradients": {
         "mu head vs sigma head gradient norm": [
@@ -106,7 +106,8 @@ class Diagnostics:
     def _logvar_histogram(self, logvar: Tensor, step: int) -> None:
         finite = torch.isfinite(logvar)
         # Histograms are rare (hist_every), so reading back here costs nothing per step.
-        self.tracker.histogram("posterior/logvar", logvar[finite], step)
+        if finite.any():  # TensorBoard rejects an empty histogram
+            self.tracker.histogram("posterior/logvar", logvar[finite], step)
         self.pending.append((step, {"posterior/logvar_nonfinite": (~finite).sum()}))
 
     def after_backward(self, step: int, total_norm: Tensor) -> None:

@@ -1,0 +1,345 @@
+"""`vae-bench report` on run folders written by hand: statuses, seeds, CIs, baselines, tables,
+figures. Nothing here trains; see test_sweeps.py for reports on real sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vae_bench import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(sweep: Path, overrides: list[str], *, status: str | None = "completed",
+             curve: list[float] | None = None, dataset: str = "mnist", model: str = "mlp",
+             likelihood: str = "bernoulli", optim: str = "adam", lr: float = 1e-3,
+             head: dict | None = None, extra: dict | None = None, folder: str | None = None,
+             hydra_only: bool = False) -> Path:
+    """One run folder as `vae-bench train -m` leaves it. `curve` is the test ELBO per epoch
+    (its last value is the final one); `status=None` leaves summary.json out."""
+    values = dict(o.split("=", 1) for o in overrides)
+    seed = int(values.get("seed", 0))
+    param = values.get("param", "logvar")
+    lr = float(values.get("optim.lr", lr))
+    head = head or {}
+    config = {
+        "dataset": {"name": dataset}, "param": {"name": param},
+        "model": {"name": model, "sigma_head_scale": head.get("scale", 1.0),
+                  "sigma_head_init_scale": head.get("init", 1.0)},
+        "likelihood": {"name": likelihood, "param": "logvar"},
+        "optim": {"name": optim, "lr": lr, "weight_decay": 0.0, "grad_clip": None,
+                  "sigma_head_lr_mult": head.get("lr_mult", 1.0)},
+        "seed": seed, "trainer": {"epochs": 3},
+    }
+    run = sweep / (folder or ",".join(o for o in overrides))
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if hydra_only:
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    else:
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    curve = curve or []
+    records = []
+    for epoch, elbo in enumerate(curve, start=1):
+        step = 10 * epoch
+        records.append({"step": step - 10, "epoch": epoch, "grad/norm_mu_head": 1.0 + epoch,
+                        "grad/norm_sigma_head": 0.5 * epoch, "posterior/sigma_mean": 0.5,
+                        "posterior/sigma_min": 0.1, "posterior/sigma_max": 0.9})
+        records.append({"step": step, "epoch": epoch, "test/elbo": elbo, "test/kl": 20.0 + seed,
+                        "test/recon_nll": -elbo - 20.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status is not None:
+        summary = {"status": status, "step": 10 * len(curve), "epoch": len(curve)}
+        if status == "completed" and curve:
+            summary.update({"test/elbo": curve[-1], "test/nll_iwae": -curve[-1] - 3.0,
+                            "test/kl": 20.0 + seed, "latent/active_units": 10.0 + seed,
+                            "posterior/sigma_mean": 0.5, "posterior/sigma_min": 0.1,
+                            "posterior/sigma_max": 0.9})
+        summary.update(extra or {})
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def run_report(capsys, *args: str) -> str:
+    report.main([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def group_text(markdown: str, group: str) -> str:
+    """The text of one group's `## ` part of report.md."""
+    start = markdown.index(f"## {group}")
+    end = markdown.find("\n## ", start + 3)
+    return markdown[start:end if end >= 0 else None]
+
+
+def section(markdown: str, title: str) -> str:
+    """The text of one `###` section of one group."""
+    start = markdown.index(title)
+    end = markdown.find("\n### ", start + len(title))
+    return markdown[start:end if end >= 0 else None]
+
+
+def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+@pytest.fixture
+def two_sweeps(tmp_path: Path) -> tuple[Path, Path]:
+    """Sweep A: logvar, logstd (one seed diverged), sigmoid_bounded (indistinguishable from
+    logvar), softplus_std (one seed), natural (no summary.json). Sweep B: seed 3 of logvar and
+    sigmoid_bounded, and a CIFAR group with a failed run."""
+    a, b = tmp_path / "sweep_a", tmp_path / "sweep_b"
+    logvar_final = {0: -100.0, 1: -100.5, 2: -99.5, 3: -100.2}
+    for seed in (0, 1, 2):
+        make_run(a, ["param=logvar", f"seed={seed}"], curve=[-130, -110, logvar_final[seed]])
+    make_run(a, ["param=logstd", "seed=0"], curve=[-140, -120, -105.0])
+    make_run(a, ["param=logstd", "seed=1"], curve=[-140, -120, -105.5])
+    make_run(a, ["param=logstd", "seed=2"], status="diverged", curve=[-130, -120],
+             extra={"diverged_step": 17, "diverged_epoch": 3})
+    for seed, offset in ((0, 1.0), (1, -1.0), (2, 0.5)):
+        make_run(a, ["param=sigmoid_bounded", f"seed={seed}"],
+                 curve=[-130, -110, logvar_final[seed] + offset])
+    make_run(a, ["param=softplus_std", "seed=0"], curve=[-125, -108, -101.0])
+    make_run(a, ["param=natural", "seed=0"], status=None, curve=[-150], hydra_only=True)
+    make_run(b, ["param=logvar", "seed=3"], curve=[-130, -110, logvar_final[3]])
+    make_run(b, ["param=sigmoid_bounded", "seed=3"], curve=[-130, -110, logvar_final[3] - 0.7])
+    make_run(b, ["param=logvar", "seed=0"], dataset="cifar10", model="conv",
+             likelihood="gaussian_shared", curve=[-900, -850, -800])
+    make_run(b, ["param=logstd", "seed=0"], dataset="cifar10", model="conv",
+             likelihood="gaussian_shared", status="failed", curve=[-900],
+             extra={"error": "RuntimeError: boom"})
+    (a / "multirun.yaml").write_text("hydra: {}\n")
+    (a / ".submitit" / "123").mkdir(parents=True)  # submitit's own files are not runs
+    return a, b
+
+
+def test_report_of_two_sweeps(two_sweeps, capsys) -> None:
+    a, b = two_sweeps
+    out = run_report(capsys, a, b)
+
+    rows = read_csv(a / "report.csv")
+    assert len(rows) == 15  # every run folder, none dropped, none invented
+    by_run = {(Path(r["sweep"]).name, r["run"]): r for r in rows}
+    assert by_run[("sweep_a", "param=logstd,seed=2")]["status"] == "diverged"
+    assert by_run[("sweep_a", "param=logstd,seed=2")]["diverged_step"] == "17"
+    assert by_run[("sweep_a", "param=natural,seed=0")]["status"] == report.NO_SUMMARY
+    assert by_run[("sweep_b", "param=logstd,seed=0")]["error"] == "RuntimeError: boom"
+    completed = by_run[("sweep_a", "param=logvar,seed=1")]
+    assert completed["status"] == "completed" and float(completed["test/elbo"]) == -100.5
+    assert completed["override:param"] == "logvar" and completed["seed"] == "1"
+    assert completed["variant"] == "param=logvar"
+    assert completed["group"] == "dataset=mnist model=mlp likelihood=bernoulli"
+
+    md = (a / "report.md").read_text()
+    mnist = group_text(md, "dataset=mnist model=mlp likelihood=bernoulli")
+    table = mnist[:mnist.index("### ")]  # the main table comes before the sections
+    main = {r[0]: r for name in ("logvar", "logstd", "softplus_std", "natural")
+            for r in table_rows(table, f"param={name}")}
+    # Seeds of one variant are pooled across the two sweeps: logvar has seeds 0-3.
+    assert main["param=logvar"][1] == "4/4 completed"
+    assert main["param=logvar"][3].startswith("-100.05 ± 0.42 [")
+    assert main["param=logstd"][1:3] == ["2/3 completed", "1/3"]  # divergence rate 1 of 3
+    assert main["param=natural"][1] == "0/1 completed"
+    # One seed: a mean, and plainly no CI.
+    assert main["param=softplus_std"][3] == "-101.00 (n=1) [no CI: 1 seed]"
+
+    # Default target: the worst final mean ELBO among variants (logstd, -105.25). logvar gets
+    # there at epoch 3 in all 4 runs; logstd in 1 of its 3 finished runs (seed 1 ends at -105.5,
+    # the diverged seed never does).
+    assert "Target ELBO: -105.25 (default" in mnist
+    assert main["param=logvar"][-1] == "3.0 (4/4 reached)"
+    assert main["param=logstd"][-1] == "3.0 (1/3 reached)"
+
+    comparison = section(mnist, "### Against the baseline `param=logvar`")
+    verdicts = {(r[0], r[2]): r for r in table_rows(comparison, "param=logstd")
+                + table_rows(comparison, "param=sigmoid_bounded")
+                + table_rows(comparison, "param=softplus_std")}
+    logstd_elbo = verdicts[("param=logstd", "test/elbo")]
+    assert logstd_elbo[3] == "-5.20"  # -105.25 - (-100.05)
+    assert logstd_elbo[5] == "unpaired (n=2 vs 4)"  # its seeds differ from logvar's
+    assert logstd_elbo[6] == "yes (CI excludes 0): variant worse"
+    assert verdicts[("param=logstd", "test/nll_iwae")][6] == "yes (CI excludes 0): variant worse"
+    sigmoid_elbo = verdicts[("param=sigmoid_bounded", "test/elbo")]
+    assert sigmoid_elbo[5] == "paired by seed (n=4)"
+    assert sigmoid_elbo[6] == "no (CI includes 0)"
+    low, high = (float(x) for x in sigmoid_elbo[4].strip("[]").split(", "))
+    assert low < 0 < high
+    assert verdicts[("param=softplus_std", "test/elbo")][4] == "no CI (n<2)"
+    assert verdicts[("param=softplus_std", "test/elbo")][6].startswith("unknown")
+
+    unfinished = section(mnist, "### Runs that did not complete")
+    assert "sweep_a/param=logstd,seed=2 | diverged | diverged at step 17 (epoch 3)" in unfinished
+    assert "sweep_a/param=natural,seed=0 | no_summary" in unfinished
+    cifar = group_text(md, "dataset=cifar10")
+    assert "sweep_b/param=logstd,seed=0 | failed | failed: RuntimeError: boom" in cifar
+    assert "nan" not in md.lower()
+
+    for group in ("mnist_mlp_bernoulli", "cifar10_conv_gaussian_shared"):
+        for kind in ("elbo", "grad_norms", "sigma", "final"):
+            png = a / f"{kind}_{group}.png"
+            assert png.read_bytes()[:8] == PNG_MAGIC, png
+            assert f"]({png.name})" in md
+    assert not list(a.glob(".*.tmp"))  # atomic writes leave no temporary files behind
+
+    # The terminal gets the main table of each group and every run that did not complete.
+    assert "15 run(s): 12 completed, 1 diverged, 1 failed, 1 no_summary" in out
+    assert "param=softplus_std" in out and "test/nll_iwae" in out
+    assert "! sweep_a/param=logstd,seed=2: diverged at step 17" in out
+    assert "! sweep_a/param=natural,seed=0: no summary.json" in out
+
+
+def test_out_folder_and_target_option(two_sweeps, tmp_path: Path, capsys) -> None:
+    a, _ = two_sweeps
+    out_dir = tmp_path / "elsewhere"
+    run_report(capsys, a, "--out", out_dir, "--target-elbo", "-101.2", "--no-figures")
+    md = (out_dir / "report.md").read_text()
+    assert not (a / "report.md").exists()
+    assert "Target ELBO: -101.20 (set with --target-elbo)" in md
+    assert table_rows(md, "param=logvar")[0][-1] == "3.0 (3/3 reached)"  # -99.5..-100.5
+    assert table_rows(md, "param=softplus_std")[0][-1] == "3.0 (1/1 reached)"
+    assert table_rows(md, "param=logstd")[0][-1] == "never (0/3 reached)"
+    assert not list(out_dir.glob("*.png"))
+
+
+def test_lr_stability_table_and_baseline_at_the_same_lr(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "lr"
+    for param in ("logvar", "logstd"):
+        for lr in ("0.001", "0.1"):
+            for seed in (0, 1):
+                diverges = param == "logstd" and lr == "0.1" and seed == 1
+                shift = {"0.001": 0.0, "0.1": -10.0}[lr] + (-2.0 if param == "logstd" else 0.0)
+                make_run(sweep, [f"param={param}", f"optim.lr={lr}", f"seed={seed}"],
+                         status="diverged" if diverges else "completed",
+                         curve=[-120 + shift, -100 + shift + 0.1 * seed])
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    stability = section(md, "### Learning-rate stability")
+    assert "| variant | lr=0.001 | lr=0.1 |" in stability
+    (logstd,) = table_rows(stability, "param=logstd")
+    assert logstd[1] == "div 0/2; ELBO -101.95 ± 0.07"
+    assert logstd[2] == "div 1/2; ELBO -112.00 (n=1)"
+    (logvar,) = table_rows(stability, "param=logvar")
+    assert logvar[2] == "div 0/2; ELBO -109.95 ± 0.07"
+    # logstd at lr 0.1 is compared with logvar at lr 0.1, not at 0.001.
+    comparison = section(md, "### Against the baseline")
+    rows = {r[0]: r for r in table_rows(comparison, "optim.lr=0.1,param=logstd")
+            + table_rows(comparison, "optim.lr=0.001,param=logstd")}
+    assert rows["optim.lr=0.1,param=logstd"][1] == "optim.lr=0.1,param=logvar"
+    assert rows["optim.lr=0.001,param=logstd"][1] == "optim.lr=0.001,param=logvar"
+    # A label copied from a table names exactly one baseline, for every variant.
+    run_report(capsys, sweep, "--no-figures", "--baseline", "optim.lr=0.001,param=logvar")
+    comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
+    assert table_rows(comparison, "optim.lr=0.1,param=logstd")[0][1] == \
+        "optim.lr=0.001,param=logvar"
+    assert table_rows(comparison, "optim.lr=0.1,param=logvar")[0][1] == \
+        "optim.lr=0.001,param=logvar"
+
+
+def test_no_stability_table_without_an_lr_sweep(two_sweeps, capsys) -> None:
+    a, _ = two_sweeps
+    run_report(capsys, a, "--no-figures")
+    assert "Learning-rate stability" not in (a / "report.md").read_text()
+
+
+def test_equivalence_section(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "equiv"
+    curve = [-130.123, -110.456, -100.789]
+    make_run(sweep, ["+experiment@_global_=eq_logvar", "seed=0"], optim="sgd", lr=0.01,
+             curve=curve)
+    make_run(sweep, ["+experiment@_global_=eq_matched", "param=logstd", "seed=0"], optim="sgd",
+             lr=0.01, head={"init": 0.5, "lr_mult": 0.25}, curve=curve)
+    make_run(sweep, ["+experiment@_global_=eq_logstd", "param=logstd", "seed=0"], optim="sgd",
+             lr=0.01, curve=[-130.123, -110.0, -101.289])
+    make_run(sweep, ["+experiment@_global_=eq_logstd", "param=logstd", "seed=1"], optim="sgd",
+             lr=0.01, curve=[-130.0, -110.0, -101.0])  # no logvar run with seed 1: no pair
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    equivalence = section(md, "### logvar / logstd equivalence")
+    rows = {r[0]: r for r in table_rows(equivalence, "equiv/+experiment@_global_=eq_matched,"
+                                        "param=logstd,seed=0")
+            + table_rows(equivalence, "equiv/+experiment@_global_=eq_logstd,param=logstd,seed=0")}
+    assert len(rows) == 2
+    matched = rows["equiv/+experiment@_global_=eq_matched,param=logstd,seed=0"]
+    assert matched[3] == "yes, exactly under SGD"
+    assert matched[4] == "0" and matched[6] == "bitwise equal"
+    plain = rows["equiv/+experiment@_global_=eq_logstd,param=logstd,seed=0"]
+    assert plain[3].startswith("no (different function at initialisation)")
+    assert plain[4] == "0.5"  # max |Δ test/elbo| over the three epochs
+    assert plain[6] == "differ (first: test/elbo at step 20)"
+    # Preset names label the variants; `experiment=NAME` finds one added as experiment@_global_.
+    assert table_rows(md, "eq_matched,param=logstd")
+    run_report(capsys, sweep, "--no-figures", "--baseline", "experiment=eq_logvar")
+    comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
+    assert table_rows(comparison, "eq_matched,param=logstd")[0][1] == "eq_logvar"
+
+
+def test_no_equivalence_section_without_sigma_head_knobs(two_sweeps, capsys) -> None:
+    a, _ = two_sweeps  # logvar and logstd with the same seeds, but nothing made them equal
+    run_report(capsys, a, "--no-figures")
+    assert "### logvar / logstd equivalence" not in (a / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"optim.name": "sgd", "model.sigma_head_init_scale": 0.5, "optim.sigma_head_lr_mult": 0.25},
+     "yes, exactly under SGD"),
+    ({"optim.name": "adam", "model.sigma_head_init_scale": 0.5, "optim.sigma_head_lr_mult": 0.5},
+     "yes, up to Adam's ε"),
+    ({"optim.name": "adam", "model.sigma_head_init_scale": 0.5,
+      "optim.sigma_head_lr_mult": 0.25}, "no (the σ-head learning rate does not match)"),
+    ({"optim.name": "sgd", "model.sigma_head_scale": 0.5}, "yes, exactly (same parameters"),
+    ({"optim.name": "sgd", "model.sigma_head_init_scale": 0.5, "optim.sigma_head_lr_mult": 0.25,
+      "optim.weight_decay": 1e-4}, "no (weight decay"),
+    ({"optim.name": "adam"}, "no (different function at initialisation)"),
+])
+def test_expected_equivalence(config: dict, expected: str) -> None:
+    assert report.expected_equivalence(config).startswith(expected)
+
+
+def test_bootstrap_ci() -> None:
+    rng = np.random.default_rng(0)
+    assert report.bootstrap_mean_ci([3.0], rng, 1000) is None  # one seed: no CI, not a fake one
+    assert report.bootstrap_mean_ci([2.0, 2.0, 2.0], rng, 1000) == (2.0, 2.0)
+    values = rng.normal(5.0, 1.0, size=50)
+    low, high = report.bootstrap_mean_ci(values, rng, 4000)
+    assert low < values.mean() < high
+    assert high - low == pytest.approx(2 * 1.96 * values.std(ddof=1) / np.sqrt(50), rel=0.2)
+    low, high = report.bootstrap_difference_ci([10.0, 10.5, 9.5], [0.0, 0.5, -0.5], rng, 1000)
+    assert 9.0 <= low < 10.0 < high <= 11.0
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "empty")])
+    assert "no run folders" in capsys.readouterr().err
+    make_run(tmp_path / "one", ["param=logvar", "seed=0"], curve=[-100.0])
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "one"), "--baseline", "param="])
+    assert "--baseline" in capsys.readouterr().err
+
+
+def test_a_run_is_counted_once(two_sweeps, capsys) -> None:
+    a, _ = two_sweeps  # the sweep, then one of its runs again: still 11 runs, not 12
+    out = run_report(capsys, a, a / "param=logvar,seed=0", "--no-figures")
+    assert out.startswith("11 run(s):")
+    assert len(read_csv(a / "report.csv")) == 11

@@ -1,0 +1,232 @@
+"""Experiment presets and launchers: what each preset sweeps, and real tiny sweeps through the
+joblib and submitit launchers, each followed by `vae-bench report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import vae_bench.cli  # noqa: F401  (registers the schema and the job-name resolver)
+from vae_bench.config import config_dir
+from vae_bench.parameterizations import SIGMA_MAPS
+from vae_bench.report import expected_equivalence, flatten
+
+# The brief's tiny settings; one thread per job since jobs run side by side, gradient norms every
+# 2 steps so that the figures have more than one point, and no image grids (time).
+TINY = ["dataset=synthetic", "trainer.epochs=2", "dataset.num_train=256", "dataset.num_test=128",
+        "eval.iwae_k=5", "log.quiet=true", "trainer.threads=1", "log.images=false",
+        "log.grad_every=2", "log.snr_window=2"]
+FIGURES = ("elbo", "grad_norms", "sigma", "final")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXPERIMENTS = config_dir() / "experiment"
+
+
+def experiment(name: str) -> str:
+    """`experiment=NAME` once train.yaml lists the group in its defaults, `+experiment=NAME`
+    before that (Hydra refuses the other spelling in either case)."""
+    defaults = yaml.safe_load((config_dir() / "train.yaml").read_text())["defaults"]
+    listed = any(isinstance(d, dict) and "experiment" in d for d in defaults)
+    return f"experiment={name}" if listed else f"+experiment={name}"
+
+
+def compose_with_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def sweep_values(cfg, key: str) -> list[str]:
+    return [v.strip() for v in str(cfg.hydra.sweeper.params[key]).split(",")]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def status_of(run_dir: Path) -> str:
+    return json.loads((run_dir / "summary.json").read_text())["status"]
+
+
+def report_cli(folder: Path, capsys) -> str:
+    """`vae-bench report <folder>` through the CLI's own dispatcher; in-process, since the
+    interpreter start and the torch import would cost more than the report itself."""
+    vae_bench.cli.main(["report", str(folder)])
+    return capsys.readouterr().out
+
+
+def check_figures(folder: Path) -> None:
+    pngs = {kind: list(folder.glob(f"{kind}_*.png")) for kind in FIGURES}
+    for kind, paths in pngs.items():
+        assert len(paths) == 1, (kind, paths)
+        data = paths[0].read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, paths[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the presets sweep (composed in-process, nothing trains)
+
+
+@pytest.mark.parametrize(("name", "dataset", "model", "likelihood"), [
+    ("param_sweep_mnist", "mnist", "mlp", "bernoulli"),
+    ("param_sweep_cifar", "cifar10", "conv", "gaussian_shared"),
+    ("lr_stability", "mnist", "mlp", "bernoulli"),
+])
+def test_param_presets_sweep_every_sigma_map(name, dataset, model, likelihood) -> None:
+    cfg = compose_with_hydra([experiment(name)])
+    assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == (dataset, model, likelihood)
+    # A σ-map added to the registry but not to the presets fails here.
+    assert sweep_values(cfg, "param") == list(SIGMA_MAPS)
+    assert sweep_values(cfg, "seed") == ["0", "1", "2"]
+    if name == "lr_stability":
+        assert [float(v) for v in sweep_values(cfg, "optim.lr")] == [1e-4, 3e-4, 1e-3, 3e-3,
+                                                                     1e-2, 3e-2]
+        assert cfg.optim.name == "adam"
+
+
+def compose_variants(driver: str) -> dict[str, dict]:
+    """Each variant preset the driver sweeps, composed as the sweep composes it."""
+    names = sweep_values(compose_with_hydra([experiment(driver)]), "+experiment@_global_")
+    assert all((EXPERIMENTS / f"{n}.yaml").is_file() for n in names), names
+    variants = {}
+    for name in names:
+        cfg = compose_with_hydra([experiment(driver), f"+experiment@_global_={name}"])
+        container = OmegaConf.to_container(cfg, resolve=False)
+        container.pop("hydra")
+        variants[name] = flatten(container)
+    return variants
+
+
+def test_logstd_equivalence_variants() -> None:
+    variants = compose_variants("logstd_equivalence")
+    knobs = ("model.sigma_head_scale", "model.sigma_head_init_scale", "optim.sigma_head_lr_mult")
+    logvar = {c["optim.name"] for c in variants.values() if c["param.name"] == "logvar"}
+    assert logvar == {"sgd", "adam"}
+    assert all(c[k] == 1.0 for c in variants.values() if c["param.name"] == "logvar" for k in knobs)
+    # What the σ-head knobs make of each logstd variant, per optimizer.
+    logstd = sorted((c["optim.name"], expected_equivalence(c).split(" (")[0])
+                    for c in variants.values() if c["param.name"] == "logstd")
+    assert logstd == [("adam", "no"), ("adam", "yes, up to Adam's ε"),
+                      ("sgd", "no"), ("sgd", "yes, exactly under SGD")]
+    for config in variants.values():  # everything else is shared
+        assert (config["dataset.name"], config["model.name"]) == ("mnist", "mlp")
+
+
+def test_decoder_variance_variants() -> None:
+    variants = compose_variants("decoder_variance")
+    learned = {(c["likelihood.name"], c["likelihood.param"]) for c in variants.values()
+               if c["likelihood.name"] == "gaussian_pixel"}
+    assert learned == {("gaussian_pixel", name) for name in SIGMA_MAPS}
+    others = sorted(c["likelihood.name"] for c in variants.values()
+                    if c["likelihood.name"] != "gaussian_pixel")
+    assert others == ["gaussian_fixed", "gaussian_shared"]
+    assert {c["param.name"] for c in variants.values()} == {"logvar"}  # the encoder stays put
+
+
+def test_slurm_launcher_preset() -> None:
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                              "hydra.launcher.timeout_min=30"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min) == ("gpu", 30)
+    assert launcher.gpus_per_node >= 1 and launcher.cpus_per_task >= 1 and launcher.mem_gb >= 1
+    assert launcher.max_num_timeout == 0  # a resubmitted task would restart from scratch
+    # SIGTERM before the limit, which the trainer turns into a checkpointed "interrupted" run.
+    assert launcher.additional_parameters.signal == "TERM@120"
+
+
+# ---------------------------------------------------------------------------------------------
+# Real sweeps
+
+
+@pytest.mark.slow
+def test_joblib_sweep_with_a_diverging_job_then_report(tmp_path: Path, capsys) -> None:
+    """2 params × 2 seeds × a sane and an absurd SGD learning rate, two jobs at a time: the
+    absurd runs diverge, are recorded as such, and the other jobs still complete."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      "param=logvar,logstd", "seed=0,1", "optim=sgd", "optim.lr=0.01,1e3",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]  # a diverged job does not fail a sweep
+    # Folders are named by the swept overrides only.
+    runs = {p.name: p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    expected = {f"optim.lr={lr},param={param},seed={seed}" for lr in ("0.01", "1000.0")
+                for param in ("logvar", "logstd") for seed in (0, 1)}
+    assert set(runs) == expected
+    for name, run_dir in runs.items():
+        assert status_of(run_dir) == ("diverged" if "1000.0" in name else "completed"), name
+
+    assert "8 run(s): 4 completed, 4 diverged" in report_cli(sweep, capsys)
+    rows = read_csv(sweep / "report.csv")
+    assert sorted(r["run"] for r in rows) == sorted(expected)
+    by_run = {r["run"]: r for r in rows}
+    for name in expected:
+        row = by_run[name]
+        assert row["status"] == ("diverged" if "1000.0" in name else "completed")
+        assert row["override:optim"] == "sgd" and row["config:optim"] == "sgd"
+        assert row["variant"] == name.rsplit(",seed=", 1)[0]
+        if row["status"] == "completed":
+            assert float(row["test/elbo"]) < 0 and float(row["test/nll_iwae"]) > 0
+        else:
+            assert row["diverged_step"]
+    md = (sweep / "report.md").read_text()
+    assert "| optim.lr=1000.0,param=logstd | 0/2 completed | 2/2 |" in md
+    assert "### Learning-rate stability" in md and "div 2/2" in md
+    assert "### Against the baseline `param=logvar`" in md
+    check_figures(sweep)
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_then_report(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", *TINY, "hydra/launcher=submitit_local", "optim=sgd",
+                      "optim.lr=0.01,1e3", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert status_of(sweep / "optim.lr=0.01") == "completed"
+    assert status_of(sweep / "optim.lr=1000.0") == "diverged"
+    assert (sweep / ".submitit").is_dir()
+
+    report_cli(sweep, capsys)
+    rows = read_csv(sweep / "report.csv")  # submitit's own folder holds no run
+    assert {r["run"]: r["status"] for r in rows} == {"optim.lr=0.01": "completed",
+                                                     "optim.lr=1000.0": "diverged"}
+    check_figures(sweep)
+
+
+@pytest.mark.slow
+def test_logstd_equivalence_preset_end_to_end(tmp_path: Path, capsys) -> None:
+    """The preset's matched logstd follows logvar bitwise under SGD and up to ε under Adam."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", experiment("logstd_equivalence"), *TINY, "seed=0",
+                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    variants = ("adam_logstd", "adam_logvar", "adam_matched", "sgd_logstd", "sgd_logvar",
+                "sgd_matched")
+    assert [n.split(",")[0] for n in names] == [f"variant=logstd_equivalence_{v}"
+                                                for v in variants]
+
+    report_cli(sweep, capsys)
+    md = (sweep / "report.md").read_text()
+    section = md[md.index("### logvar / logstd equivalence"):]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if line.startswith("| sweep/variant="):
+            rows[cells[0].split("variant=logstd_equivalence_")[1].split(",")[0]] = cells
+    assert set(rows) == {"sgd_logstd", "sgd_matched", "adam_logstd", "adam_matched"}
+    assert rows["sgd_matched"][3] == "yes, exactly under SGD"
+    assert rows["sgd_matched"][4] == "0" and rows["sgd_matched"][6] == "bitwise equal"
+    assert rows["adam_matched"][3] == "yes, up to Adam's ε"
+    assert float(rows["adam_matched"][4]) < 0.05
+    # Without the matching knobs logstd is a different model, and its trajectory shows it.
+    for plain in ("sgd_logstd", "adam_logstd"):
+        assert rows[plain][3].startswith("no") and rows[plain][6].startswith("differ")
+        assert float(rows[plain][4]) > float(rows["adam_matched"][4])
