@@ -2,8 +2,9 @@
 
 A checkpoint holds the model, the optimizer, every RNG state (torch's global ones, the data-order
 generator as it was at the start of the current epoch, the binarization generator), the epoch,
-the step and the position inside the epoch. `last.pt` is written atomically and the one before
-it is kept as `previous.pt`, so a corrupt or half-written file never loses the run.
+the step, the position inside the epoch and whatever the loop accumulates between two log points.
+`last.pt` is replaced atomically and the one before it is kept as `previous.pt`, so a corrupt or
+half-written file never loses the run.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-
-from vae_bench.tracking import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,34 @@ class TrainState:
     order_state: torch.Tensor | None = None  # data-order generator at the start of this epoch
     examples_per_s: list[float] = field(default_factory=list)  # one per completed epoch
     nonfinite_steps: int = 0
+    consecutive_skips: int = 0  # on_nonfinite=skip: the current run of skipped steps
+    # The train-scalar window not yet logged when a mid-epoch checkpoint was taken ({"sums":
+    # [elbo, recon, kl, examples], "bad_steps": n}): the resumed run logs the same window an
+    # uninterrupted one would, instead of an extra partial one.
+    window: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # running sums spanning steps
     epoch_seconds: float = 0.0  # of the epoch just trained
     epoch_examples_per_s: float = 0.0
     iwae_seconds: float | None = None
     tracker: dict = field(default_factory=lambda: {"epoch_seconds": []})
 
 
+def _write_temp(payload: dict, tmp: Path) -> None:
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def save(run_dir: Path, model, optimizer, order_generator: torch.Generator,
          binarize_generator: torch.Generator, state: TrainState) -> Path:
+    """Write `last.pt`, keeping the one it replaces as `previous.pt`.
+
+    The new file is complete on disk before either rename, so a crash while writing leaves
+    `last.pt` as it was; a crash between the two renames leaves `previous.pt`, which `load_payload`
+    falls back to. `order_generator` is saved through `state.order_state` (its state at the start
+    of the epoch), which is what a resumed epoch needs to redraw the same order.
+    """
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -54,10 +74,11 @@ def save(run_dir: Path, model, optimizer, order_generator: torch.Generator,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "binarize_rng": binarize_generator.get_state(),
     }
-    last = folder / LAST
+    last, tmp = folder / LAST, folder / f".{LAST}.tmp"
+    _write_temp(payload, tmp)
     if last.exists():
         os.replace(last, folder / PREVIOUS)
-    atomic_torch_save(payload, last)
+    os.replace(tmp, last)
     return last
 
 

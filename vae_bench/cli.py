@@ -120,12 +120,12 @@ class OutputDirCheck(Callback):
 OUTPUT_DIR_CHECK = "+hydra.callbacks.vae_bench_output_dir._target_=vae_bench.cli.OutputDirCheck"
 
 
-def with_output_dir_check(argv: list[str]) -> list[str]:
-    """Registers OutputDirCheck. Hydra's parser takes overrides only as one contiguous block
-    (`a=1 --cfg job b=2` is an error), so it joins the block where there is one."""
+def add_override(argv: list[str], override: str) -> list[str]:
+    """Hydra's parser takes overrides only as one contiguous block (`a=1 --cfg job b=2` is an
+    error), so an added override joins the block where there is one."""
     first = next((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")),
                  len(argv))
-    return [*argv[:first], OUTPUT_DIR_CHECK, *argv[first:]]
+    return [*argv[:first], override, *argv[first:]]
 
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
@@ -200,13 +200,14 @@ def name_by_swept_keys(argv: list[str]) -> list[str]:
         return argv
     train_yaml = OmegaConf.load(config_dir() / "train.yaml")
     excluded = list(train_yaml.hydra.job.config.override_dirname.exclude_keys) + constant
-    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"]
+    return add_override(
+        argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
 
 
 def hydra_train(argv: list[str]) -> None:
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
-    sys.argv = ["vae-bench train", *with_output_dir_check(name_by_swept_keys(argv))]
+    sys.argv = ["vae-bench train", *add_override(name_by_swept_keys(argv), OUTPUT_DIR_CHECK)]
     decorated()
 
 

@@ -60,18 +60,28 @@ class Tracker:
     """Writes one run folder. `purge_step` drops anything logged at or after that step by an
     earlier, interrupted process (TensorBoard honours it, and metrics.jsonl is cut to match)."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None,
+                 keep_records: int | None = None):
+        """`keep_records` (from `state()` at the checkpoint) also drops records written after the
+        checkpoint at steps below `purge_step`: diagnostics of the step after a checkpoint at step
+        S are logged at step S."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.latest: dict[str, float] = {}
         self.epoch_seconds: list[float] = []
+        self.records = 0  # lines in metrics.jsonl
         if purge_step is not None:
-            self._truncate_metrics(purge_step)
+            self._truncate_metrics(purge_step, keep_records)
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
         self._metrics = open(self.run_dir / METRICS_FILE, "a")
 
-    def _truncate_metrics(self, purge_step: int) -> None:
-        kept = [r for r in read_metrics(self.run_dir) if r["step"] < purge_step]
+    def _truncate_metrics(self, purge_step: int, keep_records: int | None) -> None:
+        path = self.run_dir / METRICS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        # Only the kept lines are parsed: a line cut short by a kill is never among them.
+        lines = lines[:keep_records] if keep_records is not None else lines
+        kept = [r for r in map(json.loads, filter(str.strip, lines)) if r["step"] < purge_step]
+        self.records = len(kept)
         for record in kept:
             for tag, value in record.items():
                 if tag not in ("step", "epoch", "time"):
@@ -88,6 +98,7 @@ class Tracker:
             record[tag] = _json_number(value)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        self.records += 1
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu().numpy(), step)
@@ -130,7 +141,7 @@ class Tracker:
         self._metrics.close()
 
     def state(self) -> dict:
-        return {"epoch_seconds": list(self.epoch_seconds)}
+        return {"epoch_seconds": list(self.epoch_seconds), "metrics_records": self.records}
 
     def load_state(self, state: dict) -> None:
         self.epoch_seconds = list(state["epoch_seconds"])

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 TRAIN_TAGS = ("train/elbo", "train/recon_nll", "train/kl")
 HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"]
 IWAE_ROWS = 32768  # (sample, example) pairs decoded at once: k=1000 on MNIST stays under 2 GiB
+# Diagnostics' gradient-SNR sums span several steps; a checkpoint inside an SNR window carries
+# them so that the resumed run neither fails on missing sums nor logs a different SNR.
+DIAGNOSTICS_STATE = ("_snr_sum", "_snr_sq_sum", "_snr_count")
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,6 +109,9 @@ class Run:
 
     def save_checkpoint(self) -> None:
         self.state.tracker = self.tracker.state()
+        if self.diagnostics:
+            self.state.diagnostics = {name: getattr(self.diagnostics, name)
+                                      for name in DIAGNOSTICS_STATE}
         checkpoints.save(self.run_dir, self.model, self.optimizer, self.order_generator,
                          self.binarize_generator, self.state)
 
@@ -128,12 +134,16 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
     if resume:
         state = checkpoints.restore(run_dir, model, optimizer, order_generator,
                                     binarize_generator)
-    tracker = Tracker(run_dir, purge_step=state.step + 1 if resume else None)
+    tracker = Tracker(run_dir, purge_step=state.step + 1 if resume else None,
+                      keep_records=state.tracker.get("metrics_records") if resume else None)
     if resume:
         tracker.load_state(state.tracker)
         tracker.text("events", f"resumed from step {state.step} (epoch {state.epoch})",
                      state.step)
     diagnostics = Diagnostics(model, cfg.log, tracker) if cfg.log.diagnostics else None
+    if diagnostics and resume:
+        for name, value in state.diagnostics.items():
+            setattr(diagnostics, name, value.to(device) if torch.is_tensor(value) else value)
     if diagnostics and not resume:
         diagnostics.write_layout()
     steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
@@ -153,9 +163,10 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = Fa
         with StopRequest() as stop_request:
             while run.state.epoch < cfg.trainer.epochs:
                 outcome = train_epoch(run, stop_request, quiet)
+                if outcome["status"] == "completed":
+                    outcome = end_epoch(run)
                 if outcome["status"] != "completed":
                     break
-                end_epoch(run)
     except Exception as error:  # keep what was written, and say why the run ended
         outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
         finish(run, outcome)
@@ -171,14 +182,19 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16,
                               enabled=cfg.trainer.precision == "bf16")
     step_terms = torch.compile(elbo_terms) if cfg.trainer.compile else elbo_terms
-    # Device-side accumulators: the host reads them only at log time.
-    window = torch.zeros(4, device=run.device, dtype=torch.float64)  # elbo, recon, kl, count
-    bad_steps = torch.zeros((), device=run.device, dtype=torch.int64)
+    # Device-side accumulators: the host reads them only at log time. A mid-epoch checkpoint
+    # carries the window that was not logged yet.
+    carried = state.window or {"sums": [0.0] * 4, "bad_steps": 0}
+    state.window = None
+    window = torch.tensor(carried["sums"], device=run.device,
+                          dtype=torch.float64)  # elbo, recon, kl, count
+    bad_steps = torch.tensor(carried["bad_steps"], device=run.device, dtype=torch.int64)
     first_bad_step = torch.full((), -1, device=run.device, dtype=torch.int64)
-    consecutive_skips = 0
 
     def log_window() -> None:
         elbo, recon_nll, kl, count = window.tolist()
+        if not count and not bad_steps.item():
+            return  # no step since the last log (an epoch ending on a log step): no duplicates
         if count:
             means = (elbo / count, recon_nll / count, kl / count)
             run.tracker.scalars(dict(zip(TRAIN_TAGS, means, strict=True)), state.step,
@@ -218,25 +234,31 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
         state.batch_in_epoch += 1
         bar.update()
         if skip_nonfinite and step_bad:  # deciding per step needs the flag on the host
-            consecutive_skips += 1
-            if consecutive_skips >= cfg.trainer.max_skips:
-                status = {"status": "diverged", "diverged_step": int(first_bad_step),
-                          "reason": f"{consecutive_skips} consecutive non-finite steps skipped"}
+            state.consecutive_skips += 1  # kept in the state: a run of skips spans epochs
+            if state.consecutive_skips >= cfg.trainer.max_skips:
+                status = {"status": "diverged",
+                          "diverged_step": state.step - state.consecutive_skips,
+                          "reason": f"{state.consecutive_skips} consecutive non-finite steps "
+                                    "skipped"}
                 break
-            continue
-        consecutive_skips = 0
-        if diagnostics:
-            diagnostics.after_backward(state.step - 1, grad_norm)
-        run.optimizer.step()
-        if diagnostics:
-            diagnostics.after_step(state.step - 1)
-        window += torch.stack([-(recon_nll + kl).sum(), recon_nll.sum(), kl.sum(),
-                               recon_nll.new_tensor(len(index))]).detach().double()
-        if not skip_nonfinite and state.step % cfg.trainer.check_every == 0 \
-                and first_bad_step >= 0:
+        else:  # a skipped step still reaches the log and stop-request checks below
+            state.consecutive_skips = 0
+            if diagnostics:
+                diagnostics.after_backward(state.step - 1, grad_norm)
+            run.optimizer.step()
+            if diagnostics:
+                diagnostics.after_step(state.step - 1)
+            window += torch.stack([-(recon_nll + kl).sum(), recon_nll.sum(), kl.sum(),
+                                   recon_nll.new_tensor(len(index))]).detach().double()
+        log_due = state.step % cfg.log.every_steps == 0
+        # Stop mode also reads the flag before anything is logged or checkpointed, so that
+        # neither ever holds a value from after the blow-up.
+        check_due = (state.step % cfg.trainer.check_every == 0 or log_due
+                     or stop_request.signal_name)
+        if not skip_nonfinite and check_due and first_bad_step >= 0:
             status = {"status": "diverged", "diverged_step": int(first_bad_step)}
             break
-        if state.step % cfg.log.every_steps == 0:
+        if log_due:
             log_window()
         if stop_request.signal_name:
             status = {"status": "interrupted", "signal": stop_request.signal_name}
@@ -253,18 +275,23 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
             diagnostics.pending.clear()
         status["diverged_epoch"] = state.epoch + 1
         return status
-    log_window()
     if status["status"] == "interrupted":
+        # The unlogged window goes into the checkpoint instead of being logged early, so the
+        # resumed run logs exactly the values an uninterrupted one would.
+        state.window = {"sums": window.tolist(), "bad_steps": int(bad_steps.item())}
+        if diagnostics:
+            diagnostics.flush(state.epoch + 1)  # each value at its own step: same records
         run.save_checkpoint()
         return status
+    log_window()
     examples = (state.batch_in_epoch - first_batch) * batch_size
     state.epoch_seconds = time.perf_counter() - epoch_start
     state.epoch_examples_per_s = min(examples, len(run.train_images)) / state.epoch_seconds
     return status
 
 
-def end_epoch(run: Run) -> None:
-    """Evaluate on the test split (sampled z), log, and checkpoint."""
+def end_epoch(run: Run) -> dict:
+    """Evaluate on the test split (sampled z), log, and checkpoint; returns the run's status."""
     cfg, state = run.cfg, run.state
     state.epoch += 1
     state.batch_in_epoch = 0
@@ -280,6 +307,13 @@ def end_epoch(run: Run) -> None:
     iwae_due = cfg.eval.iwae_every and state.epoch % cfg.eval.iwae_every == 0
     if state.epoch == cfg.trainer.epochs or iwae_due:
         scalars["test/nll_iwae"] = iwae_nll(run)
+    if not all(math.isfinite(value) for value in scalars.values()):
+        # Finite steps can still leave a model whose test metrics overflow (SGD at lr=1 does):
+        # a divergence too, and its values must not replace the last finite ones.
+        state.epoch -= 1  # not completed: as in train_epoch, `epoch` counts completed epochs
+        return {"status": "diverged", "diverged_step": state.step,
+                "diverged_epoch": state.epoch + 1,
+                "reason": "non-finite test metrics after the last update"}
     if run.diagnostics:
         scalars.update(latent_usage(results, run.tracker, state.step, run.model,
                                     run.test_images, cfg.dataset.binarize, cfg.log.images))
@@ -288,6 +322,7 @@ def end_epoch(run: Run) -> None:
     run.save_checkpoint()
     run.tracker.write_summary("running", step=state.step, epoch=state.epoch,
                               **{"train/examples_per_s": statistics.median(state.examples_per_s)})
+    return {"status": "completed"}
 
 
 def iwae_nll(run: Run) -> float:
@@ -306,7 +341,8 @@ def finish(run: Run, outcome: dict) -> dict:
     """Write the end of the run: event text, hparams entry, summary.json."""
     status, state, tracker = outcome["status"], run.state, run.tracker
     if status == "diverged":
-        message = (f"diverged: non-finite loss or gradients at step {outcome['diverged_step']} "
+        cause = outcome.get("reason", "non-finite loss or gradients")
+        message = (f"diverged: {cause} at step {outcome['diverged_step']} "
                    f"(epoch {outcome['diverged_epoch']}); the metrics kept are the last finite "
                    "ones")
     elif status == "interrupted":

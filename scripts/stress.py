@@ -1,0 +1,174 @@
+"""Stress the trainer's fault handling and print what each run ended as.
+
+    python scripts/stress.py [--out DIR] [--skip-joblib]
+
+1. Every σ-parameterization at SGD lr=1.0, with trainer.on_nonfinite=stop and =skip, as one
+   multirun: each run must end `diverged` or `completed`, never `failed` (a crash).
+2. A 4-job joblib sweep (n_jobs=2) in which one job's worker gets SIGTERM, then another in which
+   it gets SIGKILL: which results are kept, and what the report says about them.
+3. A run SIGKILLed mid-epoch and resumed: its metrics.jsonl must hold no duplicate (step, tag)
+   pairs, and its final metrics must equal those of an uninterrupted run.
+
+Exits non-zero when an expectation above does not hold. Uses synthetic data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PARAMS = ("logvar", "logstd", "softplus_std", "softplus_var", "soft_clamped_logvar",
+          "sigmoid_bounded", "natural")
+SMALL = ["dataset=synthetic", "dataset.num_train=512", "dataset.num_test=128", "eval.iwae_k=5",
+         "log.quiet=true", "trainer.threads=1"]
+TIMINGS = {"train/epoch_seconds", "train/epoch_seconds_all", "train/examples_per_s",
+           "eval/iwae_seconds"}
+
+
+def vae_bench(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vae_bench", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def summary_of(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def records_of(run_dir: Path) -> list[dict]:
+    records = []
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return records
+
+
+def report_statuses(sweep: Path) -> dict[str, str] | None:
+    """run -> status as `vae-bench report` lists them, or None without a report command."""
+    import csv
+    import importlib.util
+
+    if importlib.util.find_spec("vae_bench.report") is None:
+        return None
+    proc = vae_bench(["report", str(sweep)], sweep)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        return {"<report failed>": err.strip().splitlines()[-1] if err.strip() else "?"}
+    with open(sweep / "report.csv") as handle:
+        return {row["run"]: row["status"] for row in csv.DictReader(handle)}
+
+
+def parameterizations_at_lr_1(out: Path) -> bool:
+    print("\n== 1. every parameterization at SGD lr=1.0 ==")
+    sweep = out / "lr1"
+    proc = vae_bench(["train", "-m", *SMALL, "trainer.epochs=2", "optim=sgd", "optim.lr=1.0",
+                      f"param={','.join(PARAMS)}", "trainer.on_nonfinite=stop,skip",
+                      f"hydra.sweep.dir={sweep}"], out)
+    _, err = proc.communicate()
+    print(f"sweep exit code {proc.returncode}")
+    ok = proc.returncode == 0
+    print(f"{'run':52} {'status':10} {'step':>5} {'diverged at':>11}  reason")
+    for run_dir in sorted(p.parent for p in sweep.rglob("summary.json")):
+        s = summary_of(run_dir)
+        reason = s.get("reason") or s.get("error") or ""
+        at = f"{s.get('diverged_step', '')}" + (f" (ep {s['diverged_epoch']})"
+                                                 if "diverged_epoch" in s else "")
+        print(f"{run_dir.name:52} {s.get('status', '?'):10} {s.get('step', ''):>5} {at:>11}  "
+              f"{reason}")
+        ok &= s.get("status") in ("diverged", "completed")
+    if proc.returncode != 0:
+        print(err[-2000:])
+    print("report:", report_statuses(sweep))
+    return ok
+
+
+def joblib_sweep(out: Path, signum: int) -> bool:
+    name = signal.Signals(signum).name
+    print(f"\n== 2. joblib sweep, n_jobs=2, {name} to the worker of job seed=1 ==")
+    sweep = out / f"joblib_{name.lower()}"
+    proc = vae_bench(["train", "-m", *SMALL, "dataset.num_train=256", "trainer.epochs=1",
+                      "trainer.batch_size=4", "log.every_steps=4", "seed=0,1,2,3",
+                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      f"hydra.sweep.dir={sweep}"], out)
+    target = sweep / "seed=1"
+    while proc.poll() is None:
+        events = list(target.glob("events.out.tfevents.*"))
+        if events and records_of(target):  # inside the training loop: signals are handled
+            os.kill(int(events[0].name.split(".")[-2]), signum)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate()
+    statuses = {seed: summary_of(sweep / f"seed={seed}").get("status", "<no summary>")
+                for seed in range(4)}
+    print(f"sweep exit code {proc.returncode}; statuses {statuses}")
+    if proc.returncode != 0:
+        print("  " + (err.strip().splitlines() or ["?"])[-1][:300])
+    print("report:", report_statuses(sweep))
+    kept = sum(status == "completed" for seed, status in statuses.items() if seed != 1)
+    return kept == 3 and statuses[1] in ("interrupted", "failed")
+
+
+def killed_and_resumed(out: Path) -> bool:
+    print("\n== 3. SIGKILL mid-epoch, then resume ==")
+    args = [*SMALL, "trainer.epochs=3", "trainer.batch_size=8", "log.every_steps=8"]
+    baseline = vae_bench(["train", *args, f"hydra.run.dir={out / 'uninterrupted'}"], out)
+    run_dir = out / "killed"
+    proc = vae_bench(["train", *args, f"hydra.run.dir={run_dir}"], out)
+    while proc.poll() is None:
+        s = summary_of(run_dir)
+        if s.get("epoch", 0) >= 1 and max((r["step"] for r in records_of(run_dir)),
+                                           default=0) > s["step"]:
+            proc.kill()
+            break
+        time.sleep(0.02)
+    proc.communicate()
+    print(f"killed: exit code {proc.returncode}, summary status "
+          f"{summary_of(run_dir).get('status')}")
+    resumed = vae_bench(["resume", str(run_dir)], out)
+    _, err = resumed.communicate()
+    baseline.communicate()
+    pairs = collections.Counter((r["step"], tag) for r in records_of(run_dir)
+                                for tag in r if tag not in ("step", "epoch"))
+    duplicates = [pair for pair, count in pairs.items() if count > 1]
+    expected, actual = summary_of(out / "uninterrupted"), summary_of(run_dir)
+    differing = sorted(k for k in expected if k not in TIMINGS and actual.get(k) != expected[k])
+    print(f"resume exit code {resumed.returncode}; duplicate (step, tag) pairs: {duplicates}; "
+          f"summary values differing from the uninterrupted run: {differing}")
+    return resumed.returncode == 0 and not duplicates and not differing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for the runs (default: a temp folder)")
+    parser.add_argument("--skip-joblib", action="store_true", help="leave out the joblib sweeps")
+    args = parser.parse_args()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="vae-bench-stress-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"runs in {out}")
+    results = {"lr=1.0 sweep": parameterizations_at_lr_1(out)}
+    if not args.skip_joblib:
+        results["joblib SIGTERM"] = joblib_sweep(out, signal.SIGTERM)
+        # Informational: loky aborts the whole sweep when a worker dies (TerminatedWorkerError).
+        joblib_sweep(out, signal.SIGKILL)
+    results["SIGKILL + resume"] = killed_and_resumed(out)
+    print("\n== summary ==")
+    for name, ok in results.items():
+        print(f"{name:20} {'ok' if ok else 'FAILED'}")
+    sys.exit(0 if all(results.values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
