@@ -45,6 +45,7 @@ class TrainState:
     epoch_seconds: float = 0.0  # of the epoch just trained
     epoch_examples_per_s: float = 0.0
     iwae_seconds: float | None = None
+    log_sigma_quantiles: list[float] = field(default_factory=list)  # at the last evaluation
     tracker: dict = field(default_factory=lambda: {"epoch_seconds": []})
 
 

@@ -2,7 +2,9 @@
 saturates, how many latent units stay in use.
 
 Every value is computed on the training device at its cadence and kept there; the host reads
-them back only when `flush` is called at log time, so no step waits on the device.
+them back only when `flush` is called at log time, so no step waits on the device. Methods take
+the index of the optimizer step they observe; values are logged at index + 1, the step count
+after that update, which is the x-axis of every other tag.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vae_bench.likelihoods import mean_image  # noqa: E402
 from vae_bench.models import VAE, Posterior  # noqa: E402
 from vae_bench.tracking import Tracker  # noqa: E402
 
+QUANTILE_LEVELS = torch.linspace(0, 1, 101)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_d]) > 0.01
 SATURATION_TOLERANCE = 0.01  # σ within 1% of a bound of its map counts as saturated
 
@@ -80,6 +83,22 @@ class Diagnostics:
         self._snr_sq_sum: Tensor | None = None
         self._snr_count = 0
 
+    def state(self) -> dict:
+        """The gradient-SNR sums span several steps: a checkpoint inside a window carries them."""
+        return {"snr_sum": self._snr_sum, "snr_sq_sum": self._snr_sq_sum,
+                "snr_count": self._snr_count}
+
+    def load_state(self, state: dict, device: torch.device) -> None:
+        if not state:  # checkpointed with diagnostics off: windows start afresh
+            return
+
+        def to_device(value):
+            return value.to(device) if torch.is_tensor(value) else value
+
+        self._snr_sum = to_device(state["snr_sum"])
+        self._snr_sq_sum = to_device(state["snr_sq_sum"])
+        self._snr_count = state["snr_count"]
+
     def write_layout(self) -> None:
         self.tracker.custom_scalars(LAYOUT)
 
@@ -107,7 +126,7 @@ class Diagnostics:
         finite = torch.isfinite(logvar)
         # Histograms are rare (hist_every), so reading back here costs nothing per step.
         if finite.any():  # TensorBoard rejects an empty histogram
-            self.tracker.histogram("posterior/logvar", logvar[finite], step)
+            self.tracker.histogram("posterior/logvar", logvar[finite], step + 1)
         self.pending.append((step, {"posterior/logvar_nonfinite": (~finite).sum()}))
 
     def after_backward(self, step: int, total_norm: Tensor) -> None:
@@ -166,7 +185,7 @@ class Diagnostics:
         for step in sorted(by_step):
             tags = list(by_step[step])
             values = torch.stack([by_step[step][t].float() for t in tags]).tolist()
-            self.tracker.scalars(dict(zip(tags, values)), step, epoch)
+            self.tracker.scalars(dict(zip(tags, values)), step + 1, epoch)
 
 
 @torch.no_grad()
@@ -177,10 +196,21 @@ def latent_usage(results: dict, tracker: Tracker, step: int, model: VAE, test_im
     active_units = int((activity > ACTIVE_UNIT_THRESHOLD).sum().item())
     kl_per_dim = results["kl_per_dim"].float()
     tracker.histogram("latent/kl_per_dim", kl_per_dim, step)
+    logvar = results["posterior_logvars"].float()
+    finite = logvar[torch.isfinite(logvar)]
+    if finite.numel():
+        tracker.histogram("posterior/test_logvar", finite, step)
     tracker.figure("latent/kl_per_dim_sorted", sorted_kl_figure(kl_per_dim.cpu()), step)
     if images:
         log_images(model, test_images, binarize, tracker, step)
     return {"latent/active_units": active_units}
+
+
+def log_sigma_quantiles(results: dict) -> list[float]:
+    """Percentiles 0..100 of log σ over every test example and latent dimension: the whole σ
+    distribution at an evaluation, small enough for summary.json."""
+    log_sigma = 0.5 * results["posterior_logvars"].float().flatten().cpu()
+    return torch.quantile(log_sigma, QUANTILE_LEVELS).tolist()
 
 
 def sorted_kl_figure(kl_per_dim: Tensor):

@@ -69,7 +69,7 @@ def evaluate(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool,
     means and per-dimension KL for latent-usage statistics. Values stay on the device."""
     model.eval()
     sums = torch.zeros(3, device=images_u8.device, dtype=torch.float64)
-    posterior_means = []
+    posterior_means, posterior_logvars = [], []
     kl_per_dim_sum = torch.zeros(model.latent_dim, device=images_u8.device, dtype=torch.float64)
     for start in range(0, len(images_u8), batch_size):
         x = to_float(images_u8[start:start + batch_size], binarize, generator)
@@ -77,6 +77,7 @@ def evaluate(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool,
         elbo = -(terms.recon_nll + terms.kl)
         sums += torch.stack([elbo.sum(), terms.recon_nll.sum(), terms.kl.sum()]).double()
         posterior_means.append(terms.posterior.mu)
+        posterior_logvars.append(terms.posterior.logvar)
         kl_per_dim_sum += kl_per_dim(terms.posterior.mu, terms.posterior.logvar).sum(0).double()
     count = len(images_u8)
     model.train()
@@ -85,6 +86,7 @@ def evaluate(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool,
         "test/recon_nll": sums[1] / count,
         "test/kl": sums[2] / count,
         "posterior_means": torch.cat(posterior_means),
+        "posterior_logvars": torch.cat(posterior_logvars),
         "kl_per_dim": kl_per_dim_sum / count,
     }
 

@@ -932,18 +932,39 @@ def logvar_histogram(run: Run):
     return event.step, left, right, counts
 
 
+def log_sigma_percentiles(run: Run) -> np.ndarray | None:
+    """Percentiles 0..100 of log σ over the whole test set at the run's last evaluation."""
+    values = run.summary.get("posterior/test_log_sigma_percentiles")
+    if not isinstance(values, list) or len(values) < 2:
+        return None
+    array = np.asarray([as_float(v) for v in values], dtype=float)
+    return array if np.isfinite(array).all() else None
+
+
 def sigma_figure(report: GroupReport, out: Path) -> Path:
-    """σ at the end of training: the density of log σ = log σ²/2 from the last TensorBoard
-    histogram of each run (seeds pooled); where a run has none, σ min/mean/max from its
-    last logged scalars."""
+    """σ at the end of training. Left: the distribution function of log σ over the whole test set
+    at the last evaluation (summary.json's percentiles; one thin line per seed, the mean of the
+    seeds' percentiles bold), falling back to the last TensorBoard training-batch histogram for
+    runs without them. Right: σ min/mean/max of the last logged training batch."""
     plt = pyplot()
     figure, (hist_axis, range_axis) = plt.subplots(
         1, 2, figsize=(12, 1.5 + 0.5 * max(len(report.variants), 6)), layout="constrained",
         gridspec_kw={"width_ratios": [3, 2]})
-    steps, drew_hist, sigmas = set(), False, []
+    steps, drew_hist, drew_cdf, sigmas = set(), False, False, []
     palette = colors(len(report.variants))
     for index, (variant, color) in enumerate(zip(report.variants, palette)):
-        histograms = [h for h in (logvar_histogram(run) for run in variant.runs) if h]
+        percentiles = [p for p in (log_sigma_percentiles(run) for run in variant.runs)
+                       if p is not None]
+        if percentiles:
+            levels = np.linspace(0, 1, len(percentiles[0]))
+            for seed_percentiles in percentiles:
+                hist_axis.plot(seed_percentiles, levels, color=color, lw=0.6, alpha=0.5)
+            hist_axis.plot(np.mean(percentiles, axis=0), levels, color=color, lw=2,
+                           label=variant.label)
+            drew_cdf = True
+            histograms = []
+        else:
+            histograms = [h for h in (logvar_histogram(run) for run in variant.runs) if h]
         if histograms:
             low = min(h[1].min() for h in histograms) / 2
             high = max(h[2].max() for h in histograms) / 2
@@ -964,11 +985,16 @@ def sigma_figure(report: GroupReport, out: Path) -> Path:
                 sigmas += [lo, hi]
             range_axis.plot([mean], [y], "o", color=color, ms=4)
     hist_axis.set_xlabel("log σ (encoder posterior)")
-    hist_axis.set_ylabel("density (seeds pooled)")
-    when = f"last logged histogram, step {', '.join(str(s) for s in sorted(steps))}" \
-        if steps else "no posterior/logvar histogram in the event files"
+    if drew_cdf:
+        hist_axis.set_ylabel("fraction of test (example, latent) pairs ≤ x")
+        when = "test set at the last evaluation (bold: mean over seeds)"
+    else:
+        hist_axis.set_ylabel("density (seeds pooled)")
+        when = "no σ percentiles in summary.json"
+    if steps:
+        when += f"; training-batch histogram, step {', '.join(str(s) for s in sorted(steps))}"
     hist_axis.set_title(when, fontsize="small")
-    if drew_hist:
+    if drew_hist or drew_cdf:
         legend(hist_axis, len(report.variants))
     range_axis.set_yticks(range(len(report.variants)))
     range_axis.set_yticklabels([v.label for v in report.variants], fontsize="x-small")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -115,11 +116,20 @@ class Tracker:
     def custom_scalars(self, layout: dict) -> None:
         self.writer.add_custom_scalars(layout)
 
-    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str],
+                varied: set[str] = frozenset()) -> None:
         """One hparams entry in this run's own folder (SummaryWriter.add_hparams would make a
-        time-stamped sub-run instead). TensorBoard reads metric values from this run's scalars."""
+        time-stamped sub-run instead). TensorBoard reads metric values from this run's scalars.
+        Hyperparameters in `varied` are marked as differing between runs: TensorBoard lists those
+        first, so the swept axes are the visible columns of its table."""
         metrics = {tag: self.latest.get(tag, float("nan")) for tag in metric_tags}
-        for summary in hparams_summaries(hparams, metrics):
+        experiment, session_start, session_end = hparams_summaries(hparams, metrics)
+        metadata = experiment.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(metadata.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in varied
+        metadata.content = data.SerializeToString()
+        for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)
 
     def write_summary(self, status: str, **fields: Any) -> dict:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from vae_bench import checkpoints
 from vae_bench.config import data_root
 from vae_bench.data import load_splits, to_float
-from vae_bench.diagnostics import Diagnostics, latent_usage
+from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import elbo_terms, evaluate, evaluate_iwae
 from vae_bench.models import VAE
 from vae_bench.tracking import Tracker
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 TRAIN_TAGS = ("train/elbo", "train/recon_nll", "train/kl")
 HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"]
 IWAE_ROWS = 32768  # (sample, example) pairs decoded at once: k=1000 on MNIST stays under 2 GiB
-# Diagnostics' gradient-SNR sums span several steps; a checkpoint inside an SNR window carries
-# them so that the resumed run neither fails on missing sums nor logs a different SNR.
-DIAGNOSTICS_STATE = ("_snr_sum", "_snr_sq_sum", "_snr_count")
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,6 +52,25 @@ def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
                                 weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
+
+
+# Override keys that vary a run's hparams entry, by hparam name.
+HPARAM_KEYS = {"dataset": "dataset", "model": "model", "param": "param", "param.name": "param",
+               "likelihood": "likelihood", "optim": "optimizer", "optim.name": "optimizer",
+               "optim.lr": "lr", "trainer.batch_size": "batch_size",
+               "model.latent_dim": "latent_dim", "seed": "seed"}
+
+
+def varied_hparams(run_dir: Path) -> set[str]:
+    """The hparams this run's own overrides set, plus the benchmark's axes: param and seed."""
+    varied = {"param", "seed", "status"}
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        for override in OmegaConf.load(overrides_file):
+            key = str(override).split("=", 1)[0].lstrip("+~")
+            if key in HPARAM_KEYS:
+                varied.add(HPARAM_KEYS[key])
+    return varied
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -110,8 +126,7 @@ class Run:
     def save_checkpoint(self) -> None:
         self.state.tracker = self.tracker.state()
         if self.diagnostics:
-            self.state.diagnostics = {name: getattr(self.diagnostics, name)
-                                      for name in DIAGNOSTICS_STATE}
+            self.state.diagnostics = self.diagnostics.state()
         checkpoints.save(self.run_dir, self.model, self.optimizer, self.order_generator,
                          self.binarize_generator, self.state)
 
@@ -142,8 +157,7 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
                      state.step)
     diagnostics = Diagnostics(model, cfg.log, tracker) if cfg.log.diagnostics else None
     if diagnostics and resume:
-        for name, value in state.diagnostics.items():
-            setattr(diagnostics, name, value.to(device) if torch.is_tensor(value) else value)
+        diagnostics.load_state(state.diagnostics, device)
     if diagnostics and not resume:
         diagnostics.write_layout()
     steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
@@ -317,6 +331,7 @@ def end_epoch(run: Run) -> dict:
     if run.diagnostics:
         scalars.update(latent_usage(results, run.tracker, state.step, run.model,
                                     run.test_images, cfg.dataset.binarize, cfg.log.images))
+        state.log_sigma_quantiles = log_sigma_quantiles(results)
     run.tracker.scalars(scalars, state.step, state.epoch)
     log.info(epoch_line(state.epoch, cfg.trainer.epochs, scalars))
     run.save_checkpoint()
@@ -355,11 +370,14 @@ def finish(run: Run, outcome: dict) -> dict:
     if message:
         tracker.text("events", message, state.step)
         log.warning(message)
-    tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS)
+    tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS,
+                    varied_hparams(run.run_dir))
     fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
               **{k: v for k, v in outcome.items() if k != "status"}}
     if state.examples_per_s:
         fields["train/examples_per_s"] = statistics.median(state.examples_per_s)
+    if state.log_sigma_quantiles:
+        fields["posterior/test_log_sigma_percentiles"] = state.log_sigma_quantiles
     if state.iwae_seconds is not None:
         fields["eval/iwae_seconds"] = state.iwae_seconds
     summary = tracker.write_summary(status, **fields)
