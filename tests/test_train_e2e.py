@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY, event_scalars, run_cli
+from conftest import TINY, compose_config, event_scalars, run_cli
 from datafiles import write_cifar, write_idx_set
 
 CORE_TAGS = {
@@ -134,3 +134,31 @@ def test_real_mnist_one_epoch_matches_the_reference(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert -summary["test/elbo"] <= 132.0
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_grad_clip_bounds_the_update(clip, tmp_path):
+    """Plain SGD moves the parameters by lr · g · min(1, clip/‖g‖): one step with a tiny clip
+    moves them by exactly lr · clip in total; without a clip, by lr · ‖g‖ > lr · clip."""
+    import torch
+
+    from vae_bench.models import VAE
+    from vae_bench.train import train
+
+    lr = 0.1
+    overrides = [*TINY, "optim=sgd", f"optim.lr={lr}", "optim.momentum=0.0",
+                 "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+                 f"optim.grad_clip={'null' if clip is None else clip}"]
+    cfg = compose_config(overrides)
+    torch.manual_seed(cfg.seed)  # as the trainer's setup does before building the model
+    initial = VAE(cfg, (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size))
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    assert summary["status"] == "completed"
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    moved = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(trained[name] - value)
+        for name, value in initial.state_dict().items()]))
+    if clip is None:
+        assert moved > 10 * lr * 1e-3
+    else:
+        assert moved.item() == pytest.approx(lr * clip, rel=1e-3)

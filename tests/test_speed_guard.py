@@ -1,0 +1,178 @@
+"""The trainer's data path stays whole-tensor: no DataLoader, no per-item PIL image or ToTensor,
+splits held as uint8 and converted to float one batch at a time. This is what makes the trainer
+faster than a pytorch/examples-style loop (scripts/bench.py measures that); this test only checks
+the structure, with no timing, so it is fast and load-independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+import torchvision
+import torchvision.datasets.mnist
+import torchvision.transforms
+import torchvision.utils
+from conftest import TINY, compose_config
+from datafiles import write_idx_set
+
+import vae_bench.train as train_module
+
+N_TRAIN, N_TEST, BATCH, EPOCHS = 256, 64, 32, 2
+
+
+def _forbidden(name: str):
+    def raise_instead(*args, **kwargs):
+        raise AssertionError(f"the trainer took a per-item data path: {name} was called")
+
+    return raise_instead
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    """Forbid the per-item data path everywhere, and PIL inside the training pass; record the
+    Run the trainer builds, the batches it converts, and PIL use outside the training pass."""
+    seen: dict = {"runs": [], "batches": [], "pil_calls": 0, "pil_depth": 0,
+                  "in_epoch": False}
+
+    for owner, attribute in [
+        (torch.utils.data.DataLoader, "__init__"),
+        (torch.utils.data.DataLoader, "__iter__"),
+        (torchvision.transforms.ToTensor, "__call__"),
+        (torchvision.transforms.PILToTensor, "__call__"),
+        (torchvision.datasets.MNIST, "__getitem__"),
+        (torchvision.datasets.FashionMNIST, "__getitem__"),
+        (torchvision.datasets.CIFAR10, "__getitem__"),
+    ]:
+        monkeypatch.setattr(owner, attribute, _forbidden(f"{owner.__name__}.{attribute}"))
+
+    def pil_guard(original, name):
+        def guard(*args, **kwargs):
+            # End-of-epoch image grids and figures go through PIL once each: that is allowed.
+            # Inside the training pass nothing may build a PIL image.
+            if seen["in_epoch"]:
+                raise AssertionError(f"the training pass built a PIL image: {name}")
+            seen["pil_calls"] += seen["pil_depth"] == 0  # fromarray calls frombuffer: count once
+            seen["pil_depth"] += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seen["pil_depth"] -= 1
+
+        return guard
+
+    for owner, attribute in [(PIL.Image, "fromarray"), (PIL.Image, "frombuffer"),
+                             (torchvision.datasets.mnist, "_Image_fromarray"),
+                             (torchvision.utils, "_Image_fromarray")]:
+        if hasattr(owner, attribute):
+            monkeypatch.setattr(owner, attribute, pil_guard(getattr(owner, attribute),
+                                                            f"{owner.__name__}.{attribute}"))
+
+    real_setup, real_train_epoch, real_to_float = (train_module.setup, train_module.train_epoch,
+                                                   train_module.to_float)
+
+    def setup_spy(*args, **kwargs):
+        run = real_setup(*args, **kwargs)
+        seen["runs"].append(run)
+        return run
+
+    def train_epoch_spy(*args, **kwargs):
+        seen["in_epoch"] = True
+        try:
+            return real_train_epoch(*args, **kwargs)
+        finally:
+            seen["in_epoch"] = False
+
+    def to_float_spy(batch, *args, **kwargs):
+        if seen["in_epoch"]:
+            seen["batches"].append((batch.dtype, tuple(batch.shape)))
+        return real_to_float(batch, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "setup", setup_spy)
+    monkeypatch.setattr(train_module, "train_epoch", train_epoch_spy)
+    monkeypatch.setattr(train_module, "to_float", to_float_spy)
+    return seen
+
+
+def _overrides(dataset: str, tmp_path: Path) -> list[str]:
+    overrides = [*TINY, f"dataset.num_train={N_TRAIN}", f"dataset.num_test={N_TEST}",
+                 f"trainer.batch_size={BATCH}", f"trainer.epochs={EPOCHS}"]
+    if dataset == "mnist":  # the IDX reader, on tiny .gz files in the real format
+        write_idx_set(tmp_path / "data", n_train=N_TRAIN, n_test=N_TEST, gz=True)
+        overrides += ["dataset=mnist", f"data.root={tmp_path / 'data'}"]
+    return overrides
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "mnist"])
+def test_trainer_uses_whole_uint8_tensors_not_a_per_item_path(dataset, tmp_path, guarded):
+    cfg = compose_config(_overrides(dataset, tmp_path))
+    assert cfg.log.diagnostics and cfg.log.images  # the default logging path is the one guarded
+
+    summary = train_module.train(cfg, tmp_path / "run", quiet=True)
+
+    assert summary["status"] == "completed"
+    assert summary["epoch"] == EPOCHS
+    (run,) = guarded["runs"]
+    # The splits the trainer holds are the uint8 images, not a float copy.
+    assert run.train_images.dtype == torch.uint8
+    assert run.test_images.dtype == torch.uint8
+    assert tuple(run.train_images.shape) == (N_TRAIN, 1, 28, 28)
+    assert tuple(run.test_images.shape) == (N_TEST, 1, 28, 28)
+    for field in dataclasses.fields(run):
+        value = getattr(run, field.name)
+        if isinstance(value, torch.Tensor) and value.numel() >= N_TEST * 28 * 28:
+            assert value.dtype == torch.uint8, f"Run.{field.name} holds {value.dtype} images"
+    # Every training step converts one uint8 batch, and only that batch.
+    steps = EPOCHS * -(-N_TRAIN // BATCH)
+    assert len(guarded["batches"]) == steps
+    assert all(dtype == torch.uint8 and shape[0] <= BATCH
+               for dtype, shape in guarded["batches"])
+    # PIL only for the end-of-epoch grids and figure: a few per epoch, never one per example.
+    assert guarded["pil_calls"] <= 5 * EPOCHS
+
+
+def test_guard_catches_a_per_item_loader(guarded):
+    """The guard itself works: a pytorch/examples-style loader trips it."""
+    images = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    dataset = torch.utils.data.TensorDataset(images)
+    with pytest.raises(AssertionError, match="per-item data path"):
+        torch.utils.data.DataLoader(dataset, batch_size=2)
+    with pytest.raises(AssertionError, match="per-item data path"):
+        torchvision.transforms.ToTensor()(images[0, 0].numpy())
+
+
+def test_a_worker_holds_one_copy_of_the_data_across_sweep_jobs(tmp_path, monkeypatch):
+    """A launcher worker runs sweep jobs one after another in one process (joblib's loky workers
+    do; here Hydra's basic launcher, in this process). Each job loads its splits: by the time the
+    next job loads, nothing may still hold the previous job's tensors, or a long sweep would
+    accumulate one data set per job."""
+    import gc
+    import weakref
+
+    import vae_bench.cli
+
+    loaded: list[weakref.ref] = []
+    alive_at_each_load: list[int] = []
+    real_load_splits = train_module.load_splits
+
+    def load_splits_spy(*args, **kwargs):
+        gc.collect()
+        alive_at_each_load.append(sum(ref() is not None for ref in loaded))
+        splits = real_load_splits(*args, **kwargs)
+        loaded.extend([weakref.ref(splits.train), weakref.ref(splits.test)])
+        return splits
+
+    monkeypatch.setattr(train_module, "load_splits", load_splits_spy)
+    monkeypatch.chdir(tmp_path)
+    vae_bench.cli.main(["train", "-m", *TINY, "trainer.epochs=1", "seed=0,1,2",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert len(alive_at_each_load) == 3, "each job loads its own splits once"
+    assert alive_at_each_load == [0, 0, 0], (
+        f"tensors of earlier jobs still alive when the next job loaded: {alive_at_each_load}")
+    gc.collect()
+    assert all(ref() is None for ref in loaded), "the last job's data outlived the sweep"
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(summaries) == 3
