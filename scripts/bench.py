@@ -783,6 +783,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = resolve_device(args.device)
     data = pick_data()
     machine = machine_info()
+    from vae_bench.train import keep_freed_memory_in_the_heap
+
+    # The trainer applies it at setup; applied here first, all loops run under the same malloc.
+    machine["glibc_malloc_tuned"] = keep_freed_memory_in_the_heap()
     print(f"data: {data['note']}", flush=True)
     mm_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     matmul = [{"when": "start", **matmul_throughput(device, mm_dtype)}]

@@ -8,6 +8,10 @@ histogram and figure, image grids, checkpoint) is timed on its own, because diag
 too. Each run also records how many cores other processes kept busy meanwhile: on a shared
 machine, compare only runs that saw the same competing load.
 
+The ratio of two runs' epoch times moves with the machine's speed (it drifts by up to a third
+over tens of seconds on a shared host), so the script also times the diagnostics calls inside
+each epoch: that fraction of the epoch is measured within one run and is the steadier figure.
+
     VAE_BENCH_DATA=/path/to/data python scripts/bench_diagnostics.py --repeats 5 --threads 1
     python scripts/bench_diagnostics.py --steps 100     # quick; synthetic data without the env
 """
@@ -18,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +46,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+HOOKS = ("before_backward", "after_backward", "after_step", "flush")
+
+
+class HookTimer:
+    """Time spent inside the Diagnostics calls the training pass makes. Epoch and hook time come
+    from the same epoch, so their ratio is far less exposed to the machine's drifting speed than
+    the ratio of two runs is; it misses only indirect costs (the retained gradient of s)."""
+
+    def __init__(self):
+        from vae_bench.diagnostics import Diagnostics
+
+        self.seconds = 0.0
+        self.originals = {name: getattr(Diagnostics, name) for name in HOOKS}
+        for name, original in self.originals.items():
+            setattr(Diagnostics, name, self._timed(original))
+
+    def _timed(self, original):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return wrapper
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def main(argv: list[str] | None = None) -> dict:
     import tempfile
 
@@ -50,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = pick_data()
     print(f"data: {data['note']}", flush=True)
     runs: dict[str, list[dict]] = {"on": [], "off": []}
+    hooks = HookTimer()
     with tempfile.TemporaryDirectory(prefix="vae_bench_diag_") as tmp:
         # One untimed run first: imports, allocator and the page cache warm up for both.
         run_trainer(argparse.Namespace(**{**vars(args), "epochs": 1, "steps": 20}), data,
@@ -57,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         for repeat in range(args.repeats):
             order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
             for setting in order:
+                hooks.take()
                 result = run_trainer(args, data, diagnostics=setting == "on", workdir=Path(tmp))
+                # Every Diagnostics method timed here runs inside the timed training pass.
+                result["hook_seconds"] = hooks.take()
                 runs[setting].append(result)
                 print(f"[{repeat + 1}/{args.repeats}] diagnostics {setting:3s}: epoch seconds "
                       f"{[round(s, 2) for s in result['epoch_seconds']]}, end of epoch "
@@ -72,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Per repeat, the pair ran back to back: their ratios are less exposed to drifting load.
     paired = [statistics.median(on["epoch_seconds"]) / statistics.median(off["epoch_seconds"])
               for on, off in zip(runs["on"], runs["off"])]
+    hook_fractions = [run["hook_seconds"] / sum(run["epoch_seconds"]) for run in runs["on"]]
     result = {
+        "hook_seconds": [run["hook_seconds"] for run in runs["on"]],
+        "hook_fraction_of_epoch": hook_fractions,
+        "hook_fraction_median": statistics.median(hook_fractions),
         "machine": machine_info(), "data": {k: v for k, v in data.items() if k != "splits"},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "median_epoch_seconds": {"on": epoch_on, "off": epoch_off},
@@ -89,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmedian epoch seconds: diagnostics on {epoch_on:.2f}, off {epoch_off:.2f}; "
           f"ratio on/off {result['overhead_ratio']:.3f} (paired median "
           f"{result['paired_ratio_median']:.3f}; target <= 1.10)")
+    print(f"time inside the diagnostics calls: {result['hook_fraction_median']:.1%} of the "
+          f"epoch time (median over the runs with diagnostics on; "
+          f"{[f'{f:.1%}' for f in hook_fractions]})")
     print(f"median end-of-epoch seconds: on {eval_on:.2f}, off {eval_off:.2f}; epoch + end "
           f"ratio {result['epoch_plus_end_ratio']:.3f}")
     if args.out:

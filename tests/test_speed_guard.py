@@ -7,6 +7,7 @@ the structure, with no timing, so it is fast and load-independent.
 from __future__ import annotations
 
 import dataclasses
+import platform
 from pathlib import Path
 
 import PIL.Image
@@ -176,3 +177,11 @@ def test_a_worker_holds_one_copy_of_the_data_across_sweep_jobs(tmp_path, monkeyp
     assert all(ref() is None for ref in loaded), "the last job's data outlived the sweep"
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 3
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the malloc setting is glibc's")
+def test_allocator_keeps_freed_blocks_unless_the_user_tuned_it(monkeypatch):
+    assert train_module.keep_freed_memory_in_the_heap() is True
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert train_module.keep_freed_memory_in_the_heap() is False
