@@ -343,3 +343,35 @@ def test_a_run_is_counted_once(two_sweeps, capsys) -> None:
     out = run_report(capsys, a, a / "param=logvar,seed=0", "--no-figures")
     assert out.startswith("11 run(s):")
     assert len(read_csv(a / "report.csv")) == 11
+
+
+def test_a_running_run_whose_process_is_gone_is_listed_as_killed(tmp_path: Path, capsys) -> None:
+    """A SIGKILLed run cannot write its end: its summary.json stays `running` with the pid and
+    host that wrote it. On that host the report checks the process and calls the run killed."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname()
+    sweep = tmp_path / "sweep"
+    make_run(sweep, ["param=logvar", "seed=0"], curve=[-120.0])
+    make_run(sweep, ["param=logvar", "seed=1"], status="running", curve=[-121.0],
+             extra={"pid": dead_pid, "host": host})
+    make_run(sweep, ["param=logvar", "seed=2"], status="running", curve=[-121.0],
+             extra={"pid": os.getpid(), "host": host})
+    make_run(sweep, ["param=logvar", "seed=3"], status="running", curve=[-121.0],
+             extra={"pid": dead_pid, "host": host + "-elsewhere"})
+    run_report(capsys, sweep, "--no-figures")
+    rows = {row["run"]: row["status"] for row in read_csv(sweep / "report.csv")}
+    assert rows == {"param=logvar,seed=0": "completed", "param=logvar,seed=1": "killed",
+                    "param=logvar,seed=2": "running", "param=logvar,seed=3": "running"}
+    markdown = (sweep / "report.md").read_text()
+    killed_line = next(line for line in markdown.splitlines() if "seed=1" in line and "killed"
+                       in line)
+    assert f"pid {dead_pid}" in killed_line and "vae-bench resume" in killed_line
+    elsewhere = next(line for line in markdown.splitlines() if "seed=3 |" in line)
+    assert "cannot check" in elsewhere

@@ -201,6 +201,10 @@ def test_sigkill_mid_epoch_leaves_the_last_checkpoint(runs) -> None:
     killed = runs["term_kill"]["sigkill"]
     assert killed["returncode"] == -signal.SIGKILL
     assert killed["summary"]["status"] == "running"  # no chance to write its end
+    # ... but it names its process, so the report can tell a killed run from a running one.
+    from vae_bench.report import process_gone
+
+    assert process_gone(killed["summary"])
     # Killed inside epoch 2, before that epoch's checkpoint: the last one is still SIGTERM's.
     checkpoint = runs["term_kill"]["sigkill_checkpoint"]
     assert checkpoint["step"] == runs["term_kill"]["sigterm_checkpoint"]["step"]

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ METRIC_DIRECTION = {"test/elbo": 1, "test/nll_iwae": -1}
 DEFAULT_GROUP_BY = ("dataset", "model", "likelihood")
 DEFAULT_BASELINE = "param=logvar"
 NO_SUMMARY = "no_summary"
-STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "running", NO_SUMMARY)
+KILLED = "killed"  # summary.json says running, but its process is gone
+STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", KILLED, "running", NO_SUMMARY)
 CONFIDENCE = 0.95
 # The keys train.yaml keeps out of job folder names, should train.yaml not be readable.
 FALLBACK_EXCLUDE_KEYS = ("experiment", "data.root", "data.download", "trainer.device",
@@ -188,11 +190,28 @@ def load_run(path: Path, sweep: Path) -> Run:
         except (OSError, json.JSONDecodeError):
             summary = None
     status = summary.get("status", "unknown") if isinstance(summary, dict) else NO_SUMMARY
+    if status == "running" and process_gone(summary):
+        status = KILLED
     run = Run(path=path, sweep=sweep, status=status,
               config=flatten(config) if isinstance(config, dict) else {},
               overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
               summary=summary if isinstance(summary, dict) else {})
     return run
+
+
+def process_gone(summary: dict) -> bool:
+    """Whether the process that wrote a `running` summary has ended without writing its end.
+    Only answerable on the host it ran on; elsewhere (a cluster node) the run stays `running`."""
+    pid, host = summary.get("pid"), summary.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def excluded_override_keys() -> set[str]:
@@ -768,7 +787,12 @@ def unfinished_lines(runs: list[Run]) -> list[str]:
             "failed": f"failed: {run.summary.get('error', 'no error recorded')}",
             "interrupted": f"interrupted ({run.summary.get('signal', '?')}); resume with "
                            f"`vae-bench resume {run.path}`",
-            "running": "still running, or killed without a chance to write its end",
+            KILLED: f"killed: its process (pid {run.summary.get('pid')} on "
+                    f"{run.summary.get('host')}) ended without writing its end (SIGKILL, out "
+                    f"of memory, ...); resume with `vae-bench resume {run.path}`",
+            "running": "still running, or killed without a chance to write its end"
+                       + (f" (on {run.summary['host']}, which this report cannot check)"
+                          if run.summary.get("host") else ""),
             NO_SUMMARY: "no summary.json: never started training, or killed before it",
         }.get(run.status, f"status {run.status!r}")
         rows.append([run.name, run.status, detail])

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -164,6 +165,12 @@ def keep_freed_memory_in_the_heap() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def training_process() -> dict:
+    """Who is writing this run: a run killed without a chance to write its end (SIGKILL, out
+    of memory) stays `running` in summary.json, and the report tells it apart by this."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
 def compiled_step_terms(cfg: DictConfig) -> Callable[[VAE, torch.Tensor], ElboTerms]:
     if not cfg.trainer.compile:
         return elbo_terms
@@ -213,7 +220,8 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
 def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train one run into `run_dir` and return its summary (also written to summary.json)."""
     run = setup(cfg, Path(run_dir), resume)
-    run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch)
+    run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch,
+                              **training_process())
     outcome: dict = {"status": "completed"}
     try:
         with StopRequest() as stop_request:
@@ -381,7 +389,7 @@ def end_epoch(run: Run) -> dict:
     run.tracker.scalars(scalars, state.step, state.epoch)
     log.info(epoch_line(state.epoch, cfg.trainer.epochs, scalars))
     run.save_checkpoint()
-    run.tracker.write_summary("running", step=state.step, epoch=state.epoch,
+    run.tracker.write_summary("running", step=state.step, epoch=state.epoch, **training_process(),
                               **{"train/examples_per_s": statistics.median(state.examples_per_s)})
     return {"status": "completed"}
 
