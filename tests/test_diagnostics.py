@@ -53,6 +53,18 @@ def test_every_diagnostic_tag_is_in_the_event_file(gaussian_pixel_run) -> None:
             "_hparams_/session_end_info"} <= set(accumulator.PluginTagToContent("hparams"))
 
 
+def test_every_dashboard_chart_shows_logged_tags(gaussian_pixel_run) -> None:
+    """The custom-scalars layout names tags by string: a renamed tag would leave an empty chart."""
+    from vae_bench.diagnostics import LAYOUT
+
+    run_dir, _ = gaussian_pixel_run
+    logged = set(event_accumulator(run_dir).Tags()["scalars"])
+    for section, charts in LAYOUT.items():
+        for title, (kind, tags) in charts.items():
+            assert kind == "Multiline"
+            assert set(tags) <= logged, f"{section} / {title}: {set(tags) - logged} not logged"
+
+
 def test_no_extra_runs_beside_the_run_folder(gaussian_pixel_run) -> None:
     run_dir, _ = gaussian_pixel_run
     event_dirs = {p.parent for p in run_dir.parent.rglob("events.out.tfevents*")}

@@ -49,8 +49,10 @@ LAYOUT = {
             "Multiline", ["posterior/sigma_mean", "posterior/sigma_min", "posterior/sigma_max"]],
         "raw s mean / min / max": [
             "Multiline", ["posterior/s_mean", "posterior/s_min", "posterior/s_max"]],
-        "saturation and active units": [
-            "Multiline", ["posterior/saturated_frac", "latent/active_units"]],
+        # A fraction in [0, 1] and a count up to the latent size: one axis would flatten the
+        # fraction, so each gets its own chart.
+        "saturated fraction of sigma": ["Multiline", ["posterior/saturated_frac"]],
+        "active latent units (test)": ["Multiline", ["latent/active_units"]],
     },
 }
 
