@@ -185,3 +185,38 @@ def test_allocator_keeps_freed_blocks_unless_the_user_tuned_it(monkeypatch):
     assert train_module.keep_freed_memory_in_the_heap() is True
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert train_module.keep_freed_memory_in_the_heap() is False
+
+
+@pytest.mark.parametrize("choice", ["param=softplus_std", "param=sigmoid_bounded",
+                                    "likelihood=gaussian_fixed", "param=logvar"])
+def test_training_steps_make_no_tensors_from_host_values(choice, tmp_path, monkeypatch):
+    """On a GPU, a tensor made from a Python value (torch.tensor, new_tensor) is a blocking
+    host-to-device copy, which waits for the device: one per step would serialise the loop. The
+    training pass may make them per epoch (its accumulators), never per step."""
+    calls = {"count": 0, "in_epoch": False}
+
+    def counting(original):
+        def wrapper(*args, **kwargs):
+            calls["count"] += calls["in_epoch"]
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(torch, "tensor", counting(torch.tensor))
+    monkeypatch.setattr(torch.Tensor, "new_tensor", counting(torch.Tensor.new_tensor))
+    real_train_epoch = train_module.train_epoch
+
+    def train_epoch_spy(*args, **kwargs):
+        calls["in_epoch"] = True
+        try:
+            return real_train_epoch(*args, **kwargs)
+        finally:
+            calls["in_epoch"] = False
+
+    monkeypatch.setattr(train_module, "train_epoch", train_epoch_spy)
+    cfg = compose_config([*_overrides("synthetic", tmp_path), choice])
+    summary = train_module.train(cfg, tmp_path / "run", quiet=True)
+    assert summary["status"] == "completed"
+    steps_per_epoch = -(-N_TRAIN // BATCH)
+    assert steps_per_epoch >= 8
+    assert calls["count"] <= 2 * EPOCHS, f"{calls['count']} host-made tensors in {EPOCHS} epochs"

@@ -50,7 +50,8 @@ def mean_image(name: str, mean_out: Tensor) -> Tensor:
 
 def _gaussian_logvar(name: str, s_x: Tensor | None, opts: Any, like: Tensor) -> Tensor:
     if name == "gaussian_fixed":
-        return like.new_tensor(2.0 * math.log(opts.sigma))
+        # Filled on the device: new_tensor would be a host-to-device copy on every step.
+        return torch.full((), 2.0 * math.log(opts.sigma), device=like.device, dtype=like.dtype)
     if s_x is None:
         raise ValueError(f"likelihood {name!r} needs a sigma output s_x from the decoder")
     # Only σₓ is taken from the map; its `natural` flag concerns the encoder's mean head.

@@ -99,6 +99,12 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
+def _constant_like(s: Tensor, value: float) -> Tensor:
+    # Filled on s's device: new_tensor(value) would copy from the host, and on a GPU a blocking
+    # host-to-device copy makes every forward pass wait for the device.
+    return torch.full((), value, device=s.device, dtype=s.dtype)
+
+
 def _log_softplus(s: Tensor) -> Tensor:
     """log(softplus(s)); tends to s as s -> -inf instead of log(0) once softplus underflows."""
     # `<=`, not `<`: clamp passes no gradient at its edge, so the seam itself takes the s branch.
@@ -110,7 +116,7 @@ def _log_softplus(s: Tensor) -> Tensor:
 
 def _log_softplus_plus(s: Tensor, floor: float) -> Tensor:
     """log(softplus(s) + floor) without forming the sum, which loses s once softplus << floor."""
-    return torch.logaddexp(_log_softplus(s), s.new_tensor(_log(floor)))
+    return torch.logaddexp(_log_softplus(s), _constant_like(s, _log(floor)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def _sigmoid_bounded(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     if not 0.0 <= lo < hi:
         raise ValueError(f"need 0 <= sigma_min < sigma_max, got {lo} and {hi}")
     # log σ = log(lo + (hi - lo)·sigmoid(s)), kept in log space so σ_min = 0 and s -> -inf work.
-    log_sigma = torch.logaddexp(s.new_tensor(_log(lo)), math.log(hi - lo) + F.logsigmoid(s))
+    log_sigma = torch.logaddexp(_constant_like(s, _log(lo)), math.log(hi - lo) + F.logsigmoid(s))
     # Not lo + (hi - lo)·sigmoid(s): sigmoid's backward, s(1 - s), is 0 once sigmoid rounds to 1
     # (s > 17 in float32), while logsigmoid's backward keeps the e^-s tail.
     return torch.exp(log_sigma), 2.0 * log_sigma

@@ -316,8 +316,11 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
             run.optimizer.step()
             if diagnostics:
                 diagnostics.after_step(state.step - 1)
+            # torch.full fills on the device; new_tensor(len) would copy from the host, and a
+            # blocking host-to-device copy waits for the GPU on every step.
+            count = torch.full((), len(index), device=run.device, dtype=recon_nll.dtype)
             window += torch.stack([-(recon_nll + kl).sum(), recon_nll.sum(), kl.sum(),
-                                   recon_nll.new_tensor(len(index))]).detach().double()
+                                   count]).detach().double()
         log_due = state.step % cfg.log.every_steps == 0
         # Stop mode also reads the flag before anything is logged or checkpointed, so that
         # neither ever holds a value from after the blow-up.
