@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import event_scalars, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -230,3 +230,66 @@ def test_logstd_equivalence_preset_end_to_end(tmp_path: Path, capsys) -> None:
     for plain in ("sgd_logstd", "adam_logstd"):
         assert rows[plain][3].startswith("no") and rows[plain][6].startswith("differ")
         assert float(rows[plain][4]) > float(rows["adam_matched"][4])
+
+
+@pytest.mark.slow
+def test_running_a_sweep_again_into_its_folder_finishes_it(tmp_path: Path) -> None:
+    """After a sweep was cut short (a killed worker makes joblib abort the rest), the same
+    command into the same `hydra.sweep.dir` finishes it: completed jobs are skipped, an
+    interrupted one resumes from its checkpoint, a killed one that never checkpointed starts
+    over (dropping what it logged), both ending as if never stopped; a job that never ran
+    trains, and a folder holding another config's run is left untouched."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    first = run_cli(["train", "-m", *TINY, "seed=0,1,3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done, cut, killed = sweep / "seed=0", sweep / "seed=1", sweep / "seed=3"
+    expected = {run: json.loads((run / "summary.json").read_text()) for run in (cut, killed)}
+    expected_metrics = (killed / "metrics.jsonl").read_text()
+    done_metrics = (done / "metrics.jsonl").read_text()
+    # seed=1 as if its process had been stopped after epoch 1: last.pt is epoch 1's checkpoint.
+    (cut / "checkpoints" / "previous.pt").replace(cut / "checkpoints" / "last.pt")
+    (cut / "summary.json").write_text(json.dumps({"status": "interrupted", "signal": "SIGTERM"}))
+    # seed=3 as if SIGKILLed before its first checkpoint, after logging (its whole log stays).
+    shutil.rmtree(killed / "checkpoints")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (killed / "summary.json").write_text(json.dumps(
+        {"status": "running", "pid": int(gone.stdout), "host": socket.gethostname()}))
+    # seed=2's folder holds a run of another config (another lr): it must not be touched.
+    other = sweep / "seed=2"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.pt").write_bytes(b"not a real checkpoint")
+    (other / "config.yaml").write_text("optim:\n  lr: 0.5\n")
+    (other / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+
+    again = run_cli(["train", "-m", *TINY, "seed=0,1,2,3,4", f"hydra.sweep.dir={sweep}"],
+                    tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "already completed, skipped" in log
+    assert (done / "metrics.jsonl").read_text() == done_metrics
+    for run in (cut, killed):
+        finished = json.loads((run / "summary.json").read_text())
+        assert finished["status"] == "completed"
+        for tag in ("test/elbo", "test/kl", "test/nll_iwae", "train/elbo", "step", "epoch"):
+            assert finished[tag] == expected[run][tag], (run.name, tag)
+        steps = [(r["step"], tuple(sorted(r))) for r in map(json.loads, (run / "metrics.jsonl")
+                                                             .read_text().splitlines())]
+        assert len(steps) == len(set(steps)), f"{run.name} logged a step twice"
+        for tag, points in event_scalars(run).items():  # TensorBoard drops the earlier attempt's
+            assert len({s for s, _ in points}) == len(points), (run.name, tag)
+    def without_timings(text: str) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k
+                 and "examples_per_s" not in k} for line in text.splitlines()]
+
+    assert without_timings((killed / "metrics.jsonl").read_text()) == without_timings(
+        expected_metrics)
+    assert "starts over" in log and "continuing from its last checkpoint" in log
+    assert json.loads((other / "summary.json").read_text()) == {"status": "interrupted"}
+    assert "holds an unfinished run of another config" in log
+    assert json.loads((sweep / "seed=4" / "summary.json").read_text())["status"] == "completed"

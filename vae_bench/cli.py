@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from vae_bench import checkpoints
 from vae_bench.checkpoints import CheckpointError
 from vae_bench.config import ConfigError, TrainConfig, config_dir, register_configs, validate
 from vae_bench.data import DataError
@@ -157,6 +158,49 @@ def finish(summary: dict, multirun: bool) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+class EarlierRunKept(Exception):
+    """A job's folder holds a run that this job must not overwrite."""
+
+
+def earlier_attempt(cfg: DictConfig, run_dir: Path) -> str | None:
+    """What an earlier attempt left in this job's folder, when a sweep is run again into the
+    same `hydra.sweep.dir`: "done" (completed or diverged: skip it), "resume" (interrupted,
+    killed or crashed, with a checkpoint), "start over" (the same, but it never reached a
+    checkpoint: what it logged is dropped), or None (nothing, or only a config error: train).
+
+    Anything else is refused with a message rather than overwritten: a run still in progress,
+    or one whose config differs from this job's."""
+    from vae_bench.report import process_gone
+
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    status = summary.get("status")
+    checkpoint_folder = run_dir / checkpoints.CHECKPOINT_DIR
+    has_checkpoint = any((checkpoint_folder / name).is_file()
+                         for name in (checkpoints.LAST, checkpoints.PREVIOUS))
+    if status in ("completed", "diverged"):
+        return "done"
+    if status == "failed" and not has_checkpoint and not (run_dir / "metrics.jsonl").exists():
+        return None  # refused before training (a bad config): nothing to keep
+    if status == "running" and not process_gone(summary):
+        raise EarlierRunKept(f"{run_dir} holds a run that is still `running` (pid "
+                             f"{summary.get('pid')} on {summary.get('host')}); leave it, or "
+                             "sweep into another folder with `hydra.sweep.dir=…`.")
+    if status not in ("interrupted", "running", "failed"):
+        raise EarlierRunKept(f"{run_dir} holds a run with status {status!r}; delete that "
+                             "folder to train the job again.")
+    saved_file = run_dir / "config.yaml"
+    saved = OmegaConf.load(saved_file) if saved_file.is_file() else None
+    if saved is None or (OmegaConf.to_container(saved)
+                         != OmegaConf.to_container(cfg, resolve=True)):
+        raise EarlierRunKept(f"{run_dir} holds an unfinished run of another config; sweep into "
+                             "another folder with `hydra.sweep.dir=…`, or continue that run "
+                             f"with `vae-bench resume {run_dir}`.")
+    return "resume" if has_checkpoint else "start over"
+
+
 def train_task(cfg: DictConfig) -> float | None:
     from vae_bench.train import save_resolved_config, train
 
@@ -166,11 +210,27 @@ def train_task(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         check_writable(run_dir)
-        save_resolved_config(cfg, run_dir)
         if cfg.log.quiet:
             quiet_console()
+        attempt = earlier_attempt(cfg, run_dir) if multirun else None
+        if attempt == "done":
+            summary = json.loads((run_dir / "summary.json").read_text())
+            # Warning level: quiet sweeps show it too, and a skipped job should never surprise.
+            log.warning("%s: already %s, skipped", run_dir, summary["status"])
+            return summary.get("test/elbo")
+        if attempt is None:
+            save_resolved_config(cfg, run_dir)
+        if attempt in ("resume", "start over"):
+            earlier = json.loads((run_dir / "summary.json").read_text())["status"]
+            log.warning("%s: its earlier attempt ended %s; %s", run_dir, earlier,
+                        "continuing from its last checkpoint" if attempt == "resume" else
+                        "it never reached a checkpoint, so training starts over")
         log.info("run folder: %s", run_dir)
-        summary = train(cfg, run_dir, quiet=cfg.log.quiet)
+        summary = train(cfg, run_dir, resume=attempt == "resume", quiet=cfg.log.quiet,
+                        start_over=attempt == "start over")
+    except EarlierRunKept as error:  # leave that run's folder as it is
+        log.error("vae-bench: error: %s", error)
+        return None
     except USER_ERRORS as error:
         if multirun:  # one bad job must not end the sweep: record it where the report looks
             log.error("vae-bench: error: %s", error)

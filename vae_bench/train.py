@@ -179,7 +179,7 @@ def compiled_step_terms(cfg: DictConfig) -> Callable[[VAE, torch.Tensor], ElboTe
     return torch.compile(elbo_terms, dynamic=False)
 
 
-def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
+def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False) -> Run:
     keep_freed_memory_in_the_heap()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -198,8 +198,13 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
     if resume:
         state = checkpoints.restore(run_dir, model, optimizer, order_generator,
                                     binarize_generator)
-    tracker = Tracker(run_dir, purge_step=state.step + 1 if resume else None,
-                      keep_records=state.tracker.get("metrics_records") if resume else None)
+    if resume:
+        purge_step, keep_records = state.step + 1, state.tracker.get("metrics_records")
+    elif start_over:  # an earlier attempt logged but never checkpointed: drop all it logged
+        purge_step, keep_records = 0, 0
+    else:
+        purge_step, keep_records = None, None
+    tracker = Tracker(run_dir, purge_step=purge_step, keep_records=keep_records)
     if resume:
         tracker.load_state(state.tracker)
         tracker.text("events", f"resumed from step {state.step} (epoch {state.epoch})",
@@ -217,9 +222,10 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool) -> Run:
                steps_per_epoch, compiled_step_terms(cfg))
 
 
-def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
+          start_over: bool = False) -> dict:
     """Train one run into `run_dir` and return its summary (also written to summary.json)."""
-    run = setup(cfg, Path(run_dir), resume)
+    run = setup(cfg, Path(run_dir), resume, start_over)
     run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch,
                               **training_process())
     outcome: dict = {"status": "completed"}
