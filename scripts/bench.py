@@ -641,6 +641,15 @@ def load_synthetic_splits(seed: int):
                        synthetic_image_size=28, synthetic_channels=1, synthetic_seed=seed)
 
 
+def write_json(path: Path | None, result: dict) -> None:
+    """The figures as JSON at --out, when one was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
 # ---- summary ------------------------------------------------------------------------------------
 
 
@@ -837,10 +846,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         machine["load_end"] = load_now()
         result = summarize(args, data, results, matmul, peak_rss_a, iwae, machine)
     print_report(result)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -19,7 +19,6 @@ each epoch: that fraction of the epoch is measured within one run and is the ste
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import load_now, machine_info, pick_data, run_trainer  # noqa: E402
+from bench import load_now, machine_info, pick_data, run_trainer, write_json  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{[f'{f:.1%}' for f in hook_fractions]})")
     print(f"median end-of-epoch seconds: on {eval_on:.2f}, off {eval_off:.2f}; epoch + end "
           f"ratio {result['epoch_plus_end_ratio']:.3f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -202,7 +202,7 @@ def test_sigkill_mid_epoch_leaves_the_last_checkpoint(runs) -> None:
     assert killed["returncode"] == -signal.SIGKILL
     assert killed["summary"]["status"] == "running"  # no chance to write its end
     # ... but it names its process, so the report can tell a killed run from a running one.
-    from vae_bench.report import process_gone
+    from vae_bench.tracking import process_gone
 
     assert process_gone(killed["summary"])
     # Killed inside epoch 2, before that epoch's checkpoint: the last one is still SIGTERM's.

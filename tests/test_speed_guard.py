@@ -32,6 +32,20 @@ def _forbidden(name: str):
     return raise_instead
 
 
+def mark_training_pass(monkeypatch, flags: dict) -> None:
+    """Set flags["in_epoch"] while the trainer's training pass (train_epoch) runs."""
+    real_train_epoch = train_module.train_epoch
+
+    def train_epoch_spy(*args, **kwargs):
+        flags["in_epoch"] = True
+        try:
+            return real_train_epoch(*args, **kwargs)
+        finally:
+            flags["in_epoch"] = False
+
+    monkeypatch.setattr(train_module, "train_epoch", train_epoch_spy)
+
+
 @pytest.fixture
 def guarded(monkeypatch):
     """Forbid the per-item data path everywhere, and PIL inside the training pass; record the
@@ -72,20 +86,12 @@ def guarded(monkeypatch):
             monkeypatch.setattr(owner, attribute, pil_guard(getattr(owner, attribute),
                                                             f"{owner.__name__}.{attribute}"))
 
-    real_setup, real_train_epoch, real_to_float = (train_module.setup, train_module.train_epoch,
-                                                   train_module.to_float)
+    real_setup, real_to_float = train_module.setup, train_module.to_float
 
     def setup_spy(*args, **kwargs):
         run = real_setup(*args, **kwargs)
         seen["runs"].append(run)
         return run
-
-    def train_epoch_spy(*args, **kwargs):
-        seen["in_epoch"] = True
-        try:
-            return real_train_epoch(*args, **kwargs)
-        finally:
-            seen["in_epoch"] = False
 
     def to_float_spy(batch, *args, **kwargs):
         if seen["in_epoch"]:
@@ -93,7 +99,7 @@ def guarded(monkeypatch):
         return real_to_float(batch, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "setup", setup_spy)
-    monkeypatch.setattr(train_module, "train_epoch", train_epoch_spy)
+    mark_training_pass(monkeypatch, seen)
     monkeypatch.setattr(train_module, "to_float", to_float_spy)
     return seen
 
@@ -204,16 +210,7 @@ def test_training_steps_make_no_tensors_from_host_values(choice, tmp_path, monke
 
     monkeypatch.setattr(torch, "tensor", counting(torch.tensor))
     monkeypatch.setattr(torch.Tensor, "new_tensor", counting(torch.Tensor.new_tensor))
-    real_train_epoch = train_module.train_epoch
-
-    def train_epoch_spy(*args, **kwargs):
-        calls["in_epoch"] = True
-        try:
-            return real_train_epoch(*args, **kwargs)
-        finally:
-            calls["in_epoch"] = False
-
-    monkeypatch.setattr(train_module, "train_epoch", train_epoch_spy)
+    mark_training_pass(monkeypatch, calls)
     cfg = compose_config([*_overrides("synthetic", tmp_path), choice])
     summary = train_module.train(cfg, tmp_path / "run", quiet=True)
     assert summary["status"] == "completed"

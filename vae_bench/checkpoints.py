@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
+NEWEST_FIRST = (LAST, PREVIOUS)
 
 
 class CheckpointError(RuntimeError):
@@ -83,11 +84,17 @@ def save(run_dir: Path, model, optimizer, order_generator: torch.Generator,
     return last
 
 
+def exists(run_dir: Path) -> bool:
+    """Whether the run folder holds a checkpoint file that `load_payload` would try."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return any((folder / name).is_file() for name in NEWEST_FIRST)
+
+
 def load_payload(run_dir: Path) -> tuple[dict, Path]:
     """The newest readable checkpoint; falls back to previous.pt and says so."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     failures = []
-    for name in (LAST, PREVIOUS):
+    for name in NEWEST_FIRST:
         path = folder / name
         if not path.exists():
             failures.append(f"{path}: missing")

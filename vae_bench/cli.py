@@ -24,7 +24,7 @@ from vae_bench import checkpoints
 from vae_bench.checkpoints import CheckpointError
 from vae_bench.config import ConfigError, TrainConfig, config_dir, register_configs, validate
 from vae_bench.data import DataError
-from vae_bench.tracking import atomic_write_text
+from vae_bench.tracking import atomic_write_text, process_gone
 
 USAGE = """usage: vae-bench <command> [args]
 
@@ -162,28 +162,25 @@ class EarlierRunKept(Exception):
     """A job's folder holds a run that this job must not overwrite."""
 
 
-def earlier_attempt(cfg: DictConfig, run_dir: Path) -> str | None:
+def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
     """What an earlier attempt left in this job's folder, when a sweep is run again into the
-    same `hydra.sweep.dir`: "done" (completed or diverged: skip it), "resume" (interrupted,
-    killed or crashed, with a checkpoint), "start over" (the same, but it never reached a
-    checkpoint: what it logged is dropped), or None (nothing, or only a config error: train).
+    same `hydra.sweep.dir`, and its summary: "done" (completed or diverged: skip it), "resume"
+    (interrupted, killed or crashed, with a checkpoint), "start over" (the same, but it never
+    reached a checkpoint: what it logged is dropped), or None (nothing, or only a config error:
+    train).
 
     Anything else is refused with a message rather than overwritten: a run still in progress,
     or one whose config differs from this job's."""
-    from vae_bench.report import process_gone
-
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
-        return None
+        return None, {}
     summary = json.loads(summary_file.read_text())
     status = summary.get("status")
-    checkpoint_folder = run_dir / checkpoints.CHECKPOINT_DIR
-    has_checkpoint = any((checkpoint_folder / name).is_file()
-                         for name in (checkpoints.LAST, checkpoints.PREVIOUS))
+    has_checkpoint = checkpoints.exists(run_dir)
     if status in ("completed", "diverged"):
-        return "done"
+        return "done", summary
     if status == "failed" and not has_checkpoint and not (run_dir / "metrics.jsonl").exists():
-        return None  # refused before training (a bad config): nothing to keep
+        return None, summary  # refused before training (a bad config): nothing to keep
     if status == "running" and not process_gone(summary):
         raise EarlierRunKept(f"{run_dir} holds a run that is still `running` (pid "
                              f"{summary.get('pid')} on {summary.get('host')}); leave it, or "
@@ -198,7 +195,7 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> str | None:
         raise EarlierRunKept(f"{run_dir} holds an unfinished run of another config; sweep into "
                              "another folder with `hydra.sweep.dir=…`, or continue that run "
                              f"with `vae-bench resume {run_dir}`.")
-    return "resume" if has_checkpoint else "start over"
+    return ("resume" if has_checkpoint else "start over"), summary
 
 
 def train_task(cfg: DictConfig) -> float | None:
@@ -212,17 +209,15 @@ def train_task(cfg: DictConfig) -> float | None:
         check_writable(run_dir)
         if cfg.log.quiet:
             quiet_console()
-        attempt = earlier_attempt(cfg, run_dir) if multirun else None
+        attempt, earlier = earlier_attempt(cfg, run_dir) if multirun else (None, {})
         if attempt == "done":
-            summary = json.loads((run_dir / "summary.json").read_text())
             # Warning level: quiet sweeps show it too, and a skipped job should never surprise.
-            log.warning("%s: already %s, skipped", run_dir, summary["status"])
-            return summary.get("test/elbo")
+            log.warning("%s: already %s, skipped", run_dir, earlier["status"])
+            return earlier.get("test/elbo")
         if attempt is None:
             save_resolved_config(cfg, run_dir)
         if attempt in ("resume", "start over"):
-            earlier = json.loads((run_dir / "summary.json").read_text())["status"]
-            log.warning("%s: its earlier attempt ended %s; %s", run_dir, earlier,
+            log.warning("%s: its earlier attempt ended %s; %s", run_dir, earlier["status"],
                         "continuing from its last checkpoint" if attempt == "resume" else
                         "it never reached a checkpoint, so training starts over")
         log.info("run folder: %s", run_dir)

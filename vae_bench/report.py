@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import socket
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vae_bench.tracking import atomic_write_text
+from vae_bench.tracking import atomic_write_text, process_gone
 
 METRICS = ("test/elbo", "test/nll_iwae", "test/kl", "latent/active_units")
 METRIC_DECIMALS = {"test/elbo": 2, "test/nll_iwae": 2, "test/kl": 2, "latent/active_units": 1}
@@ -197,21 +196,6 @@ def load_run(path: Path, sweep: Path) -> Run:
               overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
               summary=summary if isinstance(summary, dict) else {})
     return run
-
-
-def process_gone(summary: dict) -> bool:
-    """Whether the process that wrote a `running` summary has ended without writing its end.
-    Only answerable on the host it ran on; elsewhere (a cluster node) the run stays `running`."""
-    pid, host = summary.get("pid"), summary.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, under another user
-        return False
-    return False
 
 
 def excluded_override_keys() -> set[str]:

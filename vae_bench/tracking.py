@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import statistics
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,27 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def process_identity() -> dict:
+    """Who writes a `running` summary: a run killed without a chance to write its end (SIGKILL,
+    out of memory) stays `running`, and `process_gone` tells it apart by this."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_gone(summary: dict) -> bool:
+    """Whether the process that wrote a `running` summary has ended without writing its end.
+    Only answerable on the host it ran on; elsewhere (a cluster node) the run stays `running`."""
+    pid, host = summary.get("pid"), summary.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def _json_number(value: float) -> float | str:
@@ -134,6 +156,8 @@ class Tracker:
 
     def write_summary(self, status: str, **fields: Any) -> dict:
         summary: dict[str, Any] = {"status": status, **fields}
+        if status == "running":
+            summary.update(process_identity())
         for tag, value in self.latest.items():
             summary[tag] = _json_number(value)
         if self.epoch_seconds:

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -165,12 +164,6 @@ def keep_freed_memory_in_the_heap() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-def training_process() -> dict:
-    """Who is writing this run: a run killed without a chance to write its end (SIGKILL, out
-    of memory) stays `running` in summary.json, and the report tells it apart by this."""
-    return {"pid": os.getpid(), "host": socket.gethostname()}
-
-
 def compiled_step_terms(cfg: DictConfig) -> Callable[[VAE, torch.Tensor], ElboTerms]:
     if not cfg.trainer.compile:
         return elbo_terms
@@ -195,15 +188,13 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     order_generator = torch.Generator().manual_seed(cfg.seed)
     binarize_generator = torch.Generator(device).manual_seed(cfg.seed + 1)
     state = checkpoints.TrainState()
+    purge_step = keep_records = None
     if resume:
         state = checkpoints.restore(run_dir, model, optimizer, order_generator,
                                     binarize_generator)
-    if resume:
         purge_step, keep_records = state.step + 1, state.tracker.get("metrics_records")
     elif start_over:  # an earlier attempt logged but never checkpointed: drop all it logged
         purge_step, keep_records = 0, 0
-    else:
-        purge_step, keep_records = None, None
     tracker = Tracker(run_dir, purge_step=purge_step, keep_records=keep_records)
     if resume:
         tracker.load_state(state.tracker)
@@ -226,8 +217,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = Fa
           start_over: bool = False) -> dict:
     """Train one run into `run_dir` and return its summary (also written to summary.json)."""
     run = setup(cfg, Path(run_dir), resume, start_over)
-    run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch,
-                              **training_process())
+    run.tracker.write_summary("running", step=run.state.step, epoch=run.state.epoch)
     outcome: dict = {"status": "completed"}
     try:
         with StopRequest() as stop_request:
@@ -398,7 +388,7 @@ def end_epoch(run: Run) -> dict:
     run.tracker.scalars(scalars, state.step, state.epoch)
     log.info(epoch_line(state.epoch, cfg.trainer.epochs, scalars))
     run.save_checkpoint()
-    run.tracker.write_summary("running", step=state.step, epoch=state.epoch, **training_process(),
+    run.tracker.write_summary("running", step=state.step, epoch=state.epoch,
                               **{"train/examples_per_s": statistics.median(state.examples_per_s)})
     return {"status": "completed"}
 
