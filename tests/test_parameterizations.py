@@ -202,13 +202,29 @@ def test_register_adds_one_map_and_rejects_duplicates() -> None:
         sigma = torch.nn.functional.softplus(s) / 2
         return sigma, 2 * torch.log(sigma)
 
+    def inverse(sigma: float, o: SimpleNamespace) -> float:
+        return math.log(math.expm1(2 * sigma))
+
     try:
-        assert register("test_half_softplus")(half_softplus) is half_softplus
+        assert register("test_half_softplus", inverse=inverse)(half_softplus) is half_softplus
         assert get_sigma_map("test_half_softplus").sigma_bounds(OPTS) == (0.0, math.inf)
         with pytest.raises(ValueError, match="already registered"):
-            register("test_half_softplus")(half_softplus)
+            register("test_half_softplus", inverse=inverse)(half_softplus)
     finally:
         SIGMA_MAPS.pop("test_half_softplus", None)
+
+
+@pytest.mark.parametrize("name", ALL_MAPS)
+@pytest.mark.parametrize("sigma", [1e-3, 0.05, 0.5, 1.0, 1.5])
+def test_inverse_gives_the_raw_output_of_a_chosen_sigma(name: str, sigma: float) -> None:
+    sigma_map = get_sigma_map(name)
+    lo, hi = sigma_map.sigma_bounds(OPTS)
+    if not lo * 1.01 < sigma < hi * 0.99:  # at a bound the inverse is ±inf or undefined
+        pytest.skip(f"σ={sigma} is not strictly inside {name}'s bounds ({lo}, {hi})")
+    s = torch.tensor([sigma_map.s_for_sigma(sigma, OPTS)], dtype=torch.float64)
+    got_sigma, got_logvar = sigma_map.sigma_logvar(s, OPTS)
+    assert got_sigma.item() == pytest.approx(sigma, rel=1e-9)
+    assert got_logvar.item() == pytest.approx(2 * math.log(sigma), abs=1e-9)
 
 
 def test_options_are_read_by_attribute() -> None:

@@ -26,6 +26,7 @@ TINY = ["dataset=synthetic", "trainer.epochs=2", "dataset.num_train=256", "datas
 FIGURES = ("elbo", "grad_norms", "sigma", "final")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPERIMENTS = config_dir() / "experiment"
+VARIANTS = config_dir() / "variant"
 
 
 def experiment(name: str) -> str:
@@ -92,15 +93,29 @@ def test_param_presets_sweep_every_sigma_map(name, dataset, model, likelihood) -
 
 def compose_variants(driver: str) -> dict[str, dict]:
     """Each variant preset the driver sweeps, composed as the sweep composes it."""
-    names = sweep_values(compose_with_hydra([experiment(driver)]), "+experiment@_global_")
-    assert all((EXPERIMENTS / f"{n}.yaml").is_file() for n in names), names
+    names = sweep_values(compose_with_hydra([experiment(driver)]), "variant")
+    assert all((VARIANTS / f"{n}.yaml").is_file() for n in names), names
     variants = {}
     for name in names:
-        cfg = compose_with_hydra([experiment(driver), f"+experiment@_global_={name}"])
+        cfg = compose_with_hydra([experiment(driver), f"variant={name}"])
         container = OmegaConf.to_container(cfg, resolve=False)
         container.pop("hydra")
         variants[name] = flatten(container)
     return variants
+
+
+def test_experiment_group_holds_only_studies() -> None:
+    """`experiment/` lists studies (each sweeps something), `variant/` the named variants they
+    sweep over; every variant belongs to a study, so `--help` lists nothing orphaned."""
+    studies = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    assert studies and all(compose_with_hydra([experiment(name)]).hydra.sweeper.params
+                           for name in studies)
+    swept = set()
+    for name in studies:
+        params = compose_with_hydra([experiment(name)]).hydra.sweeper.params
+        if "variant" in params:
+            swept |= set(sweep_values(compose_with_hydra([experiment(name)]), "variant"))
+    assert swept == {p.stem for p in VARIANTS.glob("*.yaml")}
 
 
 def test_logstd_equivalence_variants() -> None:

@@ -6,6 +6,7 @@ value ranges that a type cannot express are checked by `validate`, which names e
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,10 @@ class ModelConfig:
     # `sigma_head_init_scale`: with these, logstd can be made update-for-update equal to logvar.
     sigma_head_scale: float = 1.0
     sigma_head_init_scale: float = 1.0
+    # Start every input at this σ: the σ head's weights start at zero and its bias at the raw
+    # output the σ-map turns into init_sigma. With the same value, all σ-maps start as the same
+    # function (natural too: μ = η₁σ² = η₁ at σ = 1). null keeps PyTorch's default init.
+    init_sigma: float | None = None
 
 
 @dataclass
@@ -211,6 +216,12 @@ def validate(cfg: DictConfig) -> None:
         _positive(problems, "model.channels", width, 1, strict=False)
     _positive(problems, "model.sigma_head_scale", cfg.model.sigma_head_scale)
     _positive(problems, "model.sigma_head_init_scale", cfg.model.sigma_head_init_scale)
+    if cfg.model.init_sigma is not None:
+        lo, hi = SIGMA_MAPS[cfg.param.name].sigma_bounds(cfg.param) \
+            if cfg.param.name in SIGMA_MAPS else (0.0, math.inf)
+        if not lo < cfg.model.init_sigma < hi:
+            problems.append(f"model.init_sigma={cfg.model.init_sigma} must lie strictly inside "
+                            f"the σ range of param={cfg.param.name}, ({lo:g}, {hi:g})")
 
     for prefix in ("param", "likelihood"):
         options = cfg[prefix]

@@ -25,6 +25,11 @@ LIKELIHOOD_NAMES = (
     "gaussian_pixel",
 )
 
+# Densities on [0, 1] pixels rather than probabilities of discrete values; bits/dim applies the
+# discretization correction to these (objectives.bits_per_dim).
+CONTINUOUS_LIKELIHOODS = ("continuous_bernoulli", "gaussian_fixed", "gaussian_shared",
+                          "gaussian_pixel")
+
 _SIGMA_OUTPUTS = {"gaussian_shared": "shared", "gaussian_pixel": "pixel"}
 
 

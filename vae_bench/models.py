@@ -111,6 +111,10 @@ class VAE(nn.Module):
         with torch.no_grad():
             for parameter in self.encoder_sigma_head.parameters():
                 parameter.mul_(model_cfg.sigma_head_init_scale)
+            if model_cfg.init_sigma is not None:
+                s0 = self.sigma_map.s_for_sigma(model_cfg.init_sigma, cfg.param)
+                self.encoder_sigma_head.weight.zero_()
+                self.encoder_sigma_head.bias.fill_(s0 / self.sigma_head_scale)
 
     def encode(self, x: Tensor) -> Posterior:
         features = self.encoder_body(x)

@@ -2,9 +2,10 @@
 
 Each map returns both σ and log σ², each computed stably from s, so that the KL term and the
 reparameterized sample never go through log(exp(.)) or exp(log(.)) round trips that lose
-precision or overflow. Adding a map is one decorated function:
+precision or overflow. Adding a map is one decorated function and the map's inverse, the raw
+output s that gives a chosen σ (used to start every map at the same σ, `model.init_sigma`):
 
-    @register("my_map", bounds=lambda opts: (0.0, math.inf))
+    @register("my_map", inverse=lambda sigma, opts: ..., bounds=lambda opts: (0.0, math.inf))
     def _my_map(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
         ...
         return sigma, logvar
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SigmaLogvarFn = Callable[[Tensor, Any], tuple[Tensor, Tensor]]
+InverseFn = Callable[[float, Any], float]
 BoundsFn = Callable[[Any], tuple[float, float]]
 
 DEFAULT_OPTIONS = SimpleNamespace(
@@ -45,6 +47,7 @@ _LOG_SOFTPLUS_CUTOFF = -40.0
 class SigmaMap:
     name: str
     sigma_logvar: SigmaLogvarFn  # (s, opts) -> (σ, log σ²)
+    s_for_sigma: InverseFn  # (σ, opts) -> s with sigma_logvar(s)[0] == σ; σ inside the bounds
     sigma_bounds: BoundsFn  # (opts) -> (σ_lo, σ_hi); 0.0 / math.inf where unbounded
     natural: bool = False  # the mean head outputs η₁ = μ/σ² instead of μ
 
@@ -57,15 +60,17 @@ def _unbounded(opts: Any) -> tuple[float, float]:
 
 
 def register(
-    name: str, *, bounds: BoundsFn = _unbounded, natural: bool = False
+    name: str, *, inverse: InverseFn, bounds: BoundsFn = _unbounded, natural: bool = False
 ) -> Callable[[SigmaLogvarFn], SigmaLogvarFn]:
-    """Decorator adding `fn(s, opts) -> (σ, log σ²)` to SIGMA_MAPS under `name`."""
+    """Decorator adding `fn(s, opts) -> (σ, log σ²)` and its inverse `inverse(σ, opts) -> s`
+    to SIGMA_MAPS under `name`."""
 
     def decorator(fn: SigmaLogvarFn) -> SigmaLogvarFn:
         if name in SIGMA_MAPS:
             raise ValueError(f"sigma map {name!r} is already registered")
         SIGMA_MAPS[name] = SigmaMap(
-            name=name, sigma_logvar=fn, sigma_bounds=bounds, natural=natural
+            name=name, sigma_logvar=fn, s_for_sigma=inverse, sigma_bounds=bounds,
+            natural=natural,
         )
         return fn
 
@@ -99,6 +104,13 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
+def _inverse_softplus(y: float) -> float:
+    """The x with softplus(x) = y > 0, i.e. log(e^y - 1), without overflow for large y."""
+    if y <= 0:
+        raise ValueError(f"softplus takes only positive values, not {y}")
+    return y + math.log(-math.expm1(-y))
+
+
 def _constant_like(s: Tensor, value: float) -> Tensor:
     # Filled on s's device: new_tensor(value) would copy from the host, and on a GPU a blocking
     # host-to-device copy makes every forward pass wait for the device.
@@ -123,24 +135,26 @@ def _log_softplus_plus(s: Tensor, floor: float) -> Tensor:
 # The maps
 
 
-@register("logvar")
+@register("logvar", inverse=lambda sigma, opts: 2.0 * math.log(sigma))
 def _logvar(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     return torch.exp(0.5 * s), s
 
 
-@register("logstd")
+@register("logstd", inverse=lambda sigma, opts: math.log(sigma))
 def _logstd(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     return torch.exp(s), 2.0 * s
 
 
-@register("softplus_std", bounds=lambda opts: (opts.floor, math.inf))
+@register("softplus_std", bounds=lambda opts: (opts.floor, math.inf),
+          inverse=lambda sigma, opts: _inverse_softplus(sigma - opts.floor))
 def _softplus_std(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     sigma = F.softplus(s) + opts.floor
     logvar = 2.0 * _log_softplus_plus(s, opts.floor)
     return sigma, logvar
 
 
-@register("softplus_var", bounds=lambda opts: (math.sqrt(opts.floor), math.inf))
+@register("softplus_var", bounds=lambda opts: (math.sqrt(opts.floor), math.inf),
+          inverse=lambda sigma, opts: _inverse_softplus(sigma**2 - opts.floor))
 def _softplus_var(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     logvar = _log_softplus_plus(s, opts.floor)
     return torch.exp(0.5 * logvar), logvar
@@ -153,7 +167,13 @@ def _soft_clamped_bounds(opts: Any) -> tuple[float, float]:
     return math.exp(0.5 * lo), math.exp(0.5 * sup_logvar)
 
 
-@register("soft_clamped_logvar", bounds=_soft_clamped_bounds)
+def _soft_clamped_inverse(sigma: float, opts: Any) -> float:
+    lo, hi = opts.min_logvar, opts.max_logvar
+    below_max = lo + _inverse_softplus(2.0 * math.log(sigma) - lo)
+    return hi - _inverse_softplus(hi - below_max)
+
+
+@register("soft_clamped_logvar", bounds=_soft_clamped_bounds, inverse=_soft_clamped_inverse)
 def _soft_clamped_logvar(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     # PETS (Chua et al. 2018): smooth clamps keep a gradient where a hard clamp would kill it.
     lo, hi = opts.min_logvar, opts.max_logvar
@@ -162,7 +182,15 @@ def _soft_clamped_logvar(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     return torch.exp(0.5 * logvar), logvar
 
 
-@register("sigmoid_bounded", bounds=lambda opts: (opts.sigma_min, opts.sigma_max))
+def _sigmoid_bounded_inverse(sigma: float, opts: Any) -> float:
+    fraction = (sigma - opts.sigma_min) / (opts.sigma_max - opts.sigma_min)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"sigma {sigma} is outside ({opts.sigma_min}, {opts.sigma_max})")
+    return math.log(fraction) - math.log1p(-fraction)
+
+
+@register("sigmoid_bounded", bounds=lambda opts: (opts.sigma_min, opts.sigma_max),
+          inverse=_sigmoid_bounded_inverse)
 def _sigmoid_bounded(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     lo, hi = opts.sigma_min, opts.sigma_max
     if not 0.0 <= lo < hi:
@@ -179,7 +207,8 @@ def _natural_bounds(opts: Any) -> tuple[float, float]:
     return 0.0, hi
 
 
-@register("natural", bounds=_natural_bounds, natural=True)
+@register("natural", bounds=_natural_bounds, natural=True,
+          inverse=lambda sigma, opts: _inverse_softplus(0.5 / sigma**2 - opts.floor))
 def _natural(s: Tensor, opts: Any) -> tuple[Tensor, Tensor]:
     # η₂ = -(softplus(s) + floor) < 0, and σ² = -1/(2η₂), so log σ² = -log 2 - log(-η₂).
     logvar = -math.log(2.0) - _log_softplus_plus(s, opts.floor)

@@ -26,7 +26,9 @@ from vae_bench.config import data_root
 from vae_bench.data import load_splits, to_float
 from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
+from vae_bench.likelihoods import CONTINUOUS_LIKELIHOODS
 from vae_bench.models import VAE
+from vae_bench.objectives import bits_per_dim
 from vae_bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -374,6 +376,7 @@ def end_epoch(run: Run) -> dict:
     iwae_due = cfg.eval.iwae_every and state.epoch % cfg.eval.iwae_every == 0
     if state.epoch == cfg.trainer.epochs or iwae_due:
         scalars["test/nll_iwae"] = iwae_nll(run)
+    scalars.update(bits_per_dim_scalars(run, scalars))
     if not all(math.isfinite(value) for value in scalars.values()):
         # Finite steps can still leave a model whose test metrics overflow (SGD at lr=1 does):
         # a divergence too, and its values must not replace the last finite ones.
@@ -391,6 +394,16 @@ def end_epoch(run: Run) -> dict:
     run.tracker.write_summary("running", step=state.step, epoch=state.epoch,
                               **{"train/examples_per_s": statistics.median(state.examples_per_s)})
     return {"status": "completed"}
+
+
+def bits_per_dim_scalars(run: Run, scalars: dict) -> dict:
+    """test/bpd from the test ELBO (a bound), test/bpd_iwae from the IWAE estimate."""
+    dims = run.test_images[0].numel()
+    continuous = run.cfg.likelihood.name in CONTINUOUS_LIKELIHOODS
+    bpd = {"test/bpd": bits_per_dim(-scalars["test/elbo"], dims, continuous)}
+    if "test/nll_iwae" in scalars:
+        bpd["test/bpd_iwae"] = bits_per_dim(scalars["test/nll_iwae"], dims, continuous)
+    return bpd
 
 
 def iwae_nll(run: Run) -> float:
