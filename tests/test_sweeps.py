@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,9 @@ def check_figures(folder: Path) -> None:
 
 @pytest.mark.parametrize(("name", "dataset", "model", "likelihood"), [
     ("param_sweep_mnist", "mnist", "mlp", "bernoulli"),
+    ("param_sweep_fashion_mnist", "fashion_mnist", "mlp", "bernoulli"),
     ("param_sweep_cifar", "cifar10", "conv", "gaussian_shared"),
+    ("same_init_sigma", "mnist", "mlp", "bernoulli"),
     ("lr_stability", "mnist", "mlp", "bernoulli"),
 ])
 def test_param_presets_sweep_every_sigma_map(name, dataset, model, likelihood) -> None:
@@ -85,10 +88,18 @@ def test_param_presets_sweep_every_sigma_map(name, dataset, model, likelihood) -
     # A σ-map added to the registry but not to the presets fails here.
     assert sweep_values(cfg, "param") == list(SIGMA_MAPS)
     assert sweep_values(cfg, "seed") == ["0", "1", "2"]
-    if name == "lr_stability":
-        assert [float(v) for v in sweep_values(cfg, "optim.lr")] == [1e-4, 3e-4, 1e-3, 3e-3,
-                                                                     1e-2, 3e-2]
-        assert cfg.optim.name == "adam"
+    if name == "same_init_sigma":
+        assert cfg.model.init_sigma == 1.0
+
+
+def test_lr_stability_sweeps_both_optimizers_over_a_quarter_decade_grid() -> None:
+    cfg = compose_with_hydra([experiment("lr_stability")])
+    assert sweep_values(cfg, "optim") == ["sgd", "adam"]
+    lrs = [float(v) for v in sweep_values(cfg, "optim.lr")]
+    assert lrs[0] == 1e-3 and lrs[-1] == 10.0
+    steps = [math.log10(b / a) for a, b in zip(lrs[:-1], lrs[1:])]
+    assert all(step == pytest.approx(0.25, abs=2e-3) for step in steps), steps
+    assert (cfg.trainer.epochs, cfg.trainer.max_steps_per_epoch) == (1, 200)
 
 
 def compose_variants(driver: str) -> dict[str, dict]:
