@@ -33,9 +33,10 @@ sweep() {  # sweep <study> <overrides...>: one study into its fixed folder
   $VAE_BENCH train -m "experiment=$study" "$@" "${PARALLEL[@]}" "hydra.sweep.dir=$RUNS/$study"
 }
 
-report() {  # report <study> [report options...]
+report() {  # report <study> [report options...]; SWEEPS_ONLY=1 leaves reports for later
   local study=$1
   shift
+  [ "${SWEEPS_ONLY:-0}" = 1 ] && return 0
   echo "== report $study"
   $VAE_BENCH report "$RUNS/$study" --out "$DOCS/$study" "$@"
 }
