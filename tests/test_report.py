@@ -153,7 +153,7 @@ def test_report_of_two_sweeps(two_sweeps, capsys) -> None:
             for r in table_rows(table, f"param={name}")}
     # Seeds of one variant are pooled across the two sweeps: logvar has seeds 0-3.
     assert main["param=logvar"][1] == "4/4 completed"
-    assert main["param=logvar"][3].startswith("-100.05 ± 0.42 [")
+    assert main["param=logvar"][3] == "-100.05 ± 0.42 [-100.72, -99.38]"  # ± t(3)·s/√4
     assert main["param=logstd"][1:3] == ["2/3 completed", "1/3"]  # divergence rate 1 of 3
     assert main["param=natural"][1] == "0/1 completed"
     # One seed: a mean, and plainly no CI.
@@ -170,18 +170,24 @@ def test_report_of_two_sweeps(two_sweeps, capsys) -> None:
     verdicts = {(r[0], r[2]): r for r in table_rows(comparison, "param=logstd")
                 + table_rows(comparison, "param=sigmoid_bounded")
                 + table_rows(comparison, "param=softplus_std")}
+    # Columns: variant, baseline, metric, method, n, Δ, CI, p, p (Holm), beyond seed noise?
     logstd_elbo = verdicts[("param=logstd", "test/elbo")]
-    assert logstd_elbo[3] == "-5.20"  # -105.25 - (-100.05)
-    assert logstd_elbo[5] == "unpaired (n=2 vs 4)"  # its seeds differ from logvar's
-    assert logstd_elbo[6] == "yes (CI excludes 0): variant worse"
-    assert verdicts[("param=logstd", "test/nll_iwae")][6] == "yes (CI excludes 0): variant worse"
+    assert logstd_elbo[3:6] == ["Welch t", "2 vs 4", "-5.20"]  # its seeds differ from logvar's
+    assert logstd_elbo[9] == "yes: variant worse"
+    assert verdicts[("param=logstd", "test/nll_iwae")][9] == "yes: variant worse"
     sigmoid_elbo = verdicts[("param=sigmoid_bounded", "test/elbo")]
-    assert sigmoid_elbo[5] == "paired by seed (n=4)"
-    assert sigmoid_elbo[6] == "no (CI includes 0)"
-    low, high = (float(x) for x in sigmoid_elbo[4].strip("[]").split(", "))
+    assert sigmoid_elbo[3:5] == ["paired t", "4 pairs"]
+    assert sigmoid_elbo[9] == "no"
+    low, high = (float(x) for x in sigmoid_elbo[6].strip("[]").split(", "))
     assert low < 0 < high
-    assert verdicts[("param=softplus_std", "test/elbo")][4] == "no CI (n<2)"
-    assert verdicts[("param=softplus_std", "test/elbo")][6].startswith("unknown")
+    # Same seeds, same KL per seed: every pair differs by exactly 0, there is nothing to test.
+    assert verdicts[("param=sigmoid_bounded", "test/kl")][9].startswith("unknown: no test (every")
+    softplus = verdicts[("param=softplus_std", "test/elbo")]
+    assert softplus[6:9] == ["—", "—", "—"]
+    assert softplus[9] == "unknown: no test (1 seed on a side, its spread unknown)"
+    assert "Pairing by seed is valid only because runs of the same seed share" in comparison
+    assert "the family is this table, 4 variant(s) × 4 metrics, of which 6 could be tested" \
+        in comparison
 
     unfinished = section(mnist, "### Runs that did not complete")
     assert "sweep_a/param=logstd,seed=2 | diverged | diverged at step 17 (epoch 3)" in unfinished
@@ -311,18 +317,6 @@ def test_expected_equivalence(config: dict, expected: str) -> None:
     assert report.expected_equivalence(config).startswith(expected)
 
 
-def test_bootstrap_ci() -> None:
-    rng = np.random.default_rng(0)
-    assert report.bootstrap_mean_ci([3.0], rng, 1000) is None  # one seed: no CI, not a fake one
-    assert report.bootstrap_mean_ci([2.0, 2.0, 2.0], rng, 1000) == (2.0, 2.0)
-    values = rng.normal(5.0, 1.0, size=50)
-    low, high = report.bootstrap_mean_ci(values, rng, 4000)
-    assert low < values.mean() < high
-    assert high - low == pytest.approx(2 * 1.96 * values.std(ddof=1) / np.sqrt(50), rel=0.2)
-    low, high = report.bootstrap_difference_ci([10.0, 10.5, 9.5], [0.0, 0.5, -0.5], rng, 1000)
-    assert 9.0 <= low < 10.0 < high <= 11.0
-
-
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         report.main([str(tmp_path / "missing")])
@@ -375,3 +369,192 @@ def test_a_running_run_whose_process_is_gone_is_listed_as_killed(tmp_path: Path,
     assert f"pid {dead_pid}" in killed_line and "vae-bench resume" in killed_line
     elsewhere = next(line for line in markdown.splitlines() if "seed=3 |" in line)
     assert "cannot check" in elsewhere
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics, report.json, duplicates, frontier
+
+COMPARISON_FIELDS = {"variant", "baseline", "metric", "n", "difference", "ci_low", "ci_high",
+                     "p_value", "p_holm", "beyond_noise", "method"}
+
+
+def comparisons_by(document: dict, group_prefix: str) -> dict[tuple[str, str], dict]:
+    (group,) = [g for g in document["groups"] if g["group"].startswith(group_prefix)]
+    return {(c["variant"], c["metric"]): c for c in group["comparisons"]}
+
+
+def test_intervals_and_p_values_are_scipys(two_sweeps, capsys) -> None:
+    from scipy import stats
+
+    a, b = two_sweeps
+    run_report(capsys, a, b, "--no-figures")
+    document = json.loads((a / "report.json").read_text())
+    comparisons = comparisons_by(document, "dataset=mnist")
+    for comparison in comparisons.values():
+        assert set(comparison) == COMPARISON_FIELDS
+    logvar = np.array([-100.0, -100.5, -99.5, -100.2])  # seeds 0..3
+    sigmoid = logvar + np.array([1.0, -1.0, 0.5, -0.7])
+
+    paired = comparisons[("param=sigmoid_bounded", "test/elbo")]
+    expected = stats.ttest_rel(sigmoid, logvar)
+    interval = expected.confidence_interval(0.95)
+    assert paired["method"] == "paired t" and paired["n"] == {"variant": 4, "baseline": 4}
+    assert paired["difference"] == pytest.approx(np.mean(sigmoid - logvar))
+    assert paired["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert (paired["ci_low"], paired["ci_high"]) == pytest.approx(
+        (interval.low, interval.high), rel=1e-9)
+
+    welch = comparisons[("param=logstd", "test/elbo")]
+    logstd = np.array([-105.0, -105.5])
+    expected = stats.ttest_ind(logstd, logvar, equal_var=False)
+    interval = expected.confidence_interval(0.95)
+    assert welch["method"] == "Welch t" and welch["n"] == {"variant": 2, "baseline": 4}
+    assert welch["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert (welch["ci_low"], welch["ci_high"]) == pytest.approx(
+        (interval.low, interval.high), rel=1e-9)
+
+    one_seed = comparisons[("param=softplus_std", "test/elbo")]
+    assert one_seed["ci_low"] is one_seed["p_value"] is one_seed["beyond_noise"] is None
+    assert one_seed["method"].startswith("none: 1 seed")
+
+    (group,) = [g for g in document["groups"] if g["group"].startswith("dataset=mnist")]
+    (variant,) = [v for v in group["variants"] if v["variant"] == "param=logvar"]
+    elbo = variant["metrics"]["test/elbo"]
+    low, high = stats.t.interval(0.95, 3, loc=logvar.mean(), scale=stats.sem(logvar))
+    assert (elbo["n"], elbo["ci_low"], elbo["ci_high"]) == (4, pytest.approx(low),
+                                                            pytest.approx(high))
+
+
+def test_holm_by_hand() -> None:
+    from vae_bench.report.stats import holm
+
+    # Sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> kept at 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_holm_across_one_table_decides_beyond_noise(tmp_path: Path, capsys) -> None:
+    """A raw p < 0.05 that does not survive Holm's adjustment over the table is not 'beyond
+    seed noise'."""
+    sweep = tmp_path / "holm"
+    base = [-100.0, -101.0, -99.0]
+    shifts = {"logstd": [1.0, 1.3, 0.8], "natural": [-5.0, -5.5, -4.5],
+              "softplus_std": [0.3, -0.4, 0.2]}
+    for seed, value in enumerate(base):
+        make_run(sweep, ["param=logvar", f"seed={seed}"], curve=[value])
+        for param, shift in shifts.items():
+            make_run(sweep, [f"param={param}", f"seed={seed}"], curve=[value + shift[seed]])
+    run_report(capsys, sweep, "--no-figures")
+    comparisons = comparisons_by(json.loads((sweep / "report.json").read_text()), "dataset=")
+    tested = [c for c in comparisons.values() if c["p_value"] is not None]
+    # ELBO and IWAE NLL (= −ELBO − 3) per variant; KL and active units are equal per seed.
+    assert len(tested) == 6
+    ranked = sorted(tested, key=lambda c: c["p_value"])
+    running = 0.0
+    for rank, comparison in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * comparison["p_value"]))
+        assert comparison["p_holm"] == pytest.approx(running)
+        assert comparison["beyond_noise"] == (running < 0.05)
+    logstd = comparisons[("param=logstd", "test/elbo")]
+    assert logstd["p_value"] < 0.05 <= logstd["p_holm"]  # significant alone, not in the family
+    assert comparisons[("param=natural", "test/elbo")]["beyond_noise"] is True
+    md = (sweep / "report.md").read_text()
+    assert table_rows(md, "param=logstd")[1][9] == "no"  # [0] is the main table's row
+
+
+def test_duplicates_count_once_and_are_listed(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, ["param=logstd", "seed=0"], curve=[-100.0], folder="2025-01-01/10-00-00")
+    make_run(runs, ["param=logstd", "seed=0"], curve=[-90.0], folder="2025-01-01/11-00-00")
+    make_run(runs, ["param=logstd", "seed=1"], curve=[-101.0], folder="2025-01-01/12-00-00")
+    make_run(runs, ["param=logstd", "seed=0"], curve=[-95.0], lr=0.01,  # another config
+             folder="2025-01-01/13-00-00")
+    out = run_report(capsys, runs, "--no-figures")
+    assert "4 run(s): 4 completed; 1 duplicate(s) of an earlier run set aside" in out
+    md = (runs / "report.md").read_text()
+    duplicates = section(md, "## Duplicates set aside")
+    assert table_rows(duplicates, "runs/2025-01-01/11-00-00") == [
+        ["runs/2025-01-01/11-00-00", "completed", "runs/2025-01-01/10-00-00"]]
+    document = json.loads((runs / "report.json").read_text())
+    assert document["duplicates"] == [{"run": "runs/2025-01-01/11-00-00", "status": "completed",
+                                       "duplicate_of": "runs/2025-01-01/10-00-00"}]
+    (variant,) = document["groups"][0]["variants"]
+    assert variant["metrics"]["test/elbo"]["n"] == 3  # seeds 0 and 1, and seed 0 at lr 0.01
+    rows = {r["run"]: r["duplicate_of"] for r in read_csv(runs / "report.csv")}
+    assert rows["2025-01-01/11-00-00"] == "runs/2025-01-01/10-00-00"
+    assert rows["2025-01-01/13-00-00"] == ""
+
+
+@pytest.fixture
+def lr_sweep(tmp_path: Path) -> Path:
+    """sgd × logstd: stable at 0.001 and 0.1 but a seed diverges at 0.01, all diverge at 1
+    (not monotone). adam × logstd: stable up to 0.01, diverges from 0.1 (monotone)."""
+    sweep = tmp_path / "lr"
+    outcomes = {("sgd", "0.001"): [-110.0, -111.0], ("sgd", "0.01"): [-105.0, None],
+                ("sgd", "0.1"): [-104.0, -103.0], ("sgd", "1.0"): [None, None],
+                ("adam", "0.001"): [-102.0, -102.5], ("adam", "0.01"): [-101.0, -101.2],
+                ("adam", "0.1"): [None, -150.0], ("adam", "1.0"): [None, None]}
+    for (optim, lr), finals in outcomes.items():
+        for seed, final in enumerate(finals):
+            make_run(sweep, [f"optim={optim}", f"optim.lr={lr}", "param=logstd", f"seed={seed}"],
+                     optim=optim, status="completed" if final is not None else "diverged",
+                     curve=[-130.0, final] if final is not None else [-130.0],
+                     extra={"diverged_step": 12} if final is None else None)
+    return sweep
+
+
+def test_frontier_rows_csv_and_json(lr_sweep: Path, capsys) -> None:
+    from vae_bench.report.frontier import FRONTIER_COLUMNS
+
+    out = run_report(capsys, lr_sweep)
+    with open(lr_sweep / "frontier.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == FRONTIER_COLUMNS == (
+            "variant", "max_stable_lr", "min_diverged_lr", "monotone", "best_lr",
+            "best_test_elbo", "seeds")
+        rows = {row["variant"]: row for row in reader}
+    assert rows["optim=sgd"] == {"variant": "optim=sgd", "max_stable_lr": "0.1",
+                                 "min_diverged_lr": "0.01", "monotone": "False",
+                                 "best_lr": "0.1", "best_test_elbo": "-103.5", "seeds": "2"}
+    assert rows["optim=adam"] == {"variant": "optim=adam", "max_stable_lr": "0.01",
+                                  "min_diverged_lr": "0.1", "monotone": "True",
+                                  "best_lr": "0.01", "best_test_elbo": "-101.1", "seeds": "2"}
+    (group,) = json.loads((lr_sweep / "report.json").read_text())["groups"]
+    frontier = {row["variant"]: row for row in group["frontier"]}
+    assert set(frontier["optim=sgd"]) == set(FRONTIER_COLUMNS)
+    assert frontier["optim=sgd"]["monotone"] is False and frontier["optim=sgd"]["seeds"] == 2
+    assert frontier["optim=adam"]["best_test_elbo"] == pytest.approx(-101.1)
+
+    md = (lr_sweep / "report.md").read_text()
+    table = section(md, "### Stability frontier")
+    assert table_rows(table, "optim=sgd")[0][1:] == ["0.1", "0.01", "**NO**", "0.1", "-103.50",
+                                                     "2"]
+    assert "**Not monotone: `optim=sgd`** completed every seed at lr=0.1, above lr=0.01" in table
+    assert "! stability not monotone in lr: optim=sgd" in out
+    png = lr_sweep / "frontier_mnist_mlp_bernoulli.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and f"]({png.name})" in md
+
+
+def test_no_frontier_without_an_lr_sweep(two_sweeps, capsys) -> None:
+    a, _ = two_sweeps
+    run_report(capsys, a, "--no-figures")
+    assert "Stability frontier" not in (a / "report.md").read_text()
+    assert not (a / "frontier.csv").exists()
+    assert all(g["frontier"] == [] for g in json.loads((a / "report.json").read_text())["groups"])
+
+
+def test_variant_override_is_an_ordinary_key(tmp_path: Path, capsys) -> None:
+    """Presets in the `variant` config group name job folders `variant=NAME,seed=0`."""
+    sweep = tmp_path / "variants"
+    for seed, value in enumerate([-100.0, -100.4, -99.8]):
+        make_run(sweep, ["variant=logstd_equivalence_sgd_logvar", f"seed={seed}"], optim="sgd",
+                 curve=[value])
+        make_run(sweep, ["variant=logstd_equivalence_sgd_logstd", f"seed={seed}"], optim="sgd",
+                 curve=[value - 1.0 - 0.1 * seed])
+    run_report(capsys, sweep, "--no-figures", "--baseline",
+               "variant=logstd_equivalence_sgd_logvar")
+    comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
+    row = table_rows(comparison, "variant=logstd_equivalence_sgd_logstd")[0]
+    assert row[1:5] == ["variant=logstd_equivalence_sgd_logvar", "test/elbo", "paired t",
+                        "3 pairs"]

@@ -1,0 +1,366 @@
+"""Figures of one group: test ELBO per epoch, μ/σ-head gradient norms, σ at the end, final
+metrics per variant, and the learning-rate frontier. Tick labels stay plain numbers and every
+series has markers, so a 1-epoch or 1-seed sweep still reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vae_bench.report.group import GroupReport
+from vae_bench.report.runs import Run, as_float, epoch_curve, step_curve
+from vae_bench.report.variants import METRICS
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, also on machines without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Render to a temporary file, then rename: a reader never sees half a PNG."""
+    plt = pyplot()
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def colors(count: int):
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def legend(axis, count: int) -> None:
+    if count:
+        axis.legend(fontsize="small" if count <= 8 else "x-small", loc="best",
+                    ncol=1 if count <= 10 else 2)
+
+
+def plain_number(value: float, _position=None) -> str:
+    return f"{value:g}"
+
+
+def plain_linear(axis) -> None:
+    """No offset and no ×10^k: values such as -105.62..-105.50 are read as they are."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def plain_log(axis, values) -> None:
+    """A log axis labelled `3` and `0.01`, not `3×10^0`. Within a decade every minor tick gets a
+    label (there may be no power of ten in view, and the view is widened to hold a few ticks);
+    over up to three decades the 2s and 5s do; beyond that only the powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    positive = [v for v in values if v > 0]
+    span = max(positive) / min(positive) if positive else 1e9
+    labelled = {2, 3, 4, 5, 6, 7, 8, 9} if span < 10 else {2, 5} if span < 1000 else set()
+
+    def minor_label(value: float, _position=None) -> str:
+        mantissa = round(value / 10 ** np.floor(np.log10(value)))
+        return plain_number(value) if mantissa in labelled else ""
+
+    axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_formatter(FuncFormatter(minor_label))
+    if positive and span < 3:
+        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
+        setter(min(positive) / 1.5, max(positive) * 1.5)
+
+
+def integer_ticks(axis, values) -> None:
+    """Epochs and steps are whole numbers; a single epoch is one labelled tick, not 0.96..1.04."""
+    values = sorted(set(values))
+    if values and len(values) <= 12:
+        axis.set_ticks(values)
+        if len(values) == 1:
+            setter = axis.axes.set_xlim if axis is axis.axes.xaxis else axis.axes.set_ylim
+            setter(values[0] - 1, values[0] + 1)
+    else:
+        axis.get_major_locator().set_params(integer=True)
+
+
+def elbo_figure(report: GroupReport, out: Path) -> Path:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    all_epochs = set()
+    for variant, color in zip(report.variants, colors(len(report.variants))):
+        curves = [epoch_curve(run) for run in variant.runs]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        epochs = sorted(set().union(*curves))
+        all_epochs.update(epochs)
+        per_epoch = [[c[e] for c in curves if e in c] for e in epochs]
+        mean = [np.mean(v) for v in per_epoch]
+        axis.plot(epochs, mean, color=color, marker="o", ms=3 if len(epochs) > 3 else 6,
+                  label=f"{variant.label} (n={len(curves)})")
+        axis.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
+                          color=color, alpha=0.2, lw=0)
+    if report.target is not None:
+        axis.axhline(report.target, color="gray", ls="--", lw=0.8, label="target ELBO")
+    axis.set_xlabel("epoch")
+    integer_ticks(axis.xaxis, all_epochs)
+    plain_linear(axis.yaxis)
+    axis.set_ylabel("test ELBO (nats)")
+    axis.set_title(f"{report.name}\nmean over seeds; band: min–max over seeds", fontsize="small")
+    legend(axis, len(report.variants))
+    return save_figure(figure, out / f"elbo_{report.slug}.png")
+
+
+def gradient_figure(report: GroupReport, out: Path) -> Path:
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, layout="constrained")
+    tags = ("grad/norm_mu_head", "grad/norm_sigma_head")
+    drawn, steps_seen, norms = 0, set(), {tag: [] for tag in tags}
+    for variant, color in zip(report.variants, colors(len(report.variants))):
+        for axis, tag in zip(axes, tags):
+            curves = [c for c in (step_curve(run, tag) for run in variant.runs) if c]
+            if not curves:
+                continue
+            steps = sorted(set().union(*curves))
+            mean = [np.mean([c[s] for c in curves if s in c]) for s in steps]
+            axis.plot(steps, mean, color=color, lw=1, marker="o" if len(steps) < 20 else None,
+                      ms=4, label=variant.label)
+            drawn += 1
+            steps_seen.update(steps)
+            norms[tag] += mean
+    for axis, tag in zip(axes, tags):
+        axis.set_title(f"{tag} (mean over seeds)", fontsize="small")
+        axis.set_xlabel("step")
+        if drawn:
+            axis.set_yscale("log")
+            plain_log(axis.yaxis, norms[tag])
+            integer_ticks(axis.xaxis, steps_seen)
+    axes[0].set_ylabel("gradient L2 norm")
+    if not drawn:
+        axes[0].text(0.5, 0.5, "no gradient norms logged", ha="center", transform=axes[0].transAxes)
+    legend(axes[1], len(report.variants) if drawn else 0)
+    figure.suptitle(report.name, fontsize="small")
+    return save_figure(figure, out / f"grad_norms_{report.slug}.png")
+
+
+def logvar_histogram(run: Run):
+    """The last `posterior/logvar` histogram TensorBoard holds for this run:
+    (step, left edges, right edges, counts), or None."""
+    if not any(run.path.glob("events.out.tfevents.*")):
+        return None
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        accumulator = EventAccumulator(str(run.path), size_guidance={
+            "histograms": 0, "scalars": 1, "images": 1, "tensors": 1, "compressedHistograms": 1})
+        accumulator.Reload()
+        if "posterior/logvar" not in accumulator.Tags().get("histograms", []):
+            return None
+        event = accumulator.Histograms("posterior/logvar")[-1]
+    except Exception:  # a damaged or foreign event file costs this figure, not the report
+        return None
+    value = event.histogram_value
+    right = np.asarray(value.bucket_limit, dtype=float)
+    counts = np.asarray(value.bucket, dtype=float)
+    if not len(right) or counts.sum() <= 0:
+        return None
+    left = np.concatenate([[value.min], right[:-1]])
+    right = np.minimum(right, max(value.max, left[-1]))
+    return event.step, left, right, counts
+
+
+def log_sigma_percentiles(run: Run) -> np.ndarray | None:
+    """Percentiles 0..100 of log σ over the whole test set at the run's last evaluation."""
+    values = run.summary.get("posterior/test_log_sigma_percentiles")
+    if not isinstance(values, list) or len(values) < 2:
+        return None
+    array = np.asarray([as_float(v) for v in values], dtype=float)
+    return array if np.isfinite(array).all() else None
+
+
+def sigma_rows(report: GroupReport) -> list[tuple[str, object, Run]]:
+    """(row label, color, run) per seed with a logged σ, variant by variant: the first row of a
+    variant names it and its seed, later rows only their seed."""
+    rows = []
+    for variant, color in zip(report.variants, colors(len(report.variants))):
+        logged = [r for r in variant.runs if r.final("posterior/sigma_mean") is not None]
+        for index, run in enumerate(logged):
+            label = f"seed {run.seed}"
+            rows.append((f"{variant.label}  {label}" if index == 0 else label, color, run))
+    return rows
+
+
+def sigma_range_panel(axis, rows: list[tuple[str, object, Run]]) -> None:
+    """σ min/mean/max of the last logged training batch, one labelled row per seed (top down)."""
+    sigmas = []
+    for y, (_, color, run) in enumerate(rows):
+        lo, mean, hi = (run.final(f"posterior/sigma_{k}") for k in ("min", "mean", "max"))
+        if lo is not None and hi is not None:
+            axis.hlines(y, lo, hi, color=color, lw=1.5)
+            sigmas += [lo, hi]
+        axis.plot([mean], [y], "o", color=color, ms=5)
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([label for label, _, _ in rows], fontsize="x-small")
+    for tick, (_, color, _) in zip(axis.get_yticklabels(), rows):
+        tick.set_color(color)
+    axis.set_ylim(len(rows) - 0.5, -0.5)  # first variant on top, like the legend
+    if not rows:
+        axis.text(0.5, 0.5, "no posterior/sigma_* in summary.json", ha="center",
+                  transform=axis.transAxes)
+    if sigmas and min(sigmas) > 0 and max(sigmas) / min(sigmas) > 20:
+        axis.set_xscale("log")  # σ spanning decades, e.g. a collapsed posterior
+        plain_log(axis.xaxis, sigmas)
+    else:
+        plain_linear(axis.xaxis)
+    axis.set_xlabel("σ: min — mean (dot) — max")
+    axis.set_title("last logged posterior/sigma_* of a training batch, per seed",
+                   fontsize="small")
+
+
+def log_sigma_panel(axis, report: GroupReport) -> None:
+    """The distribution function of log σ over the test set at the last evaluation (one thin
+    line per seed, the mean of the seeds' percentiles bold), falling back to the last
+    TensorBoard training-batch histogram for runs without percentiles."""
+    steps, drew_hist, drew_cdf = set(), False, False
+    for variant, color in zip(report.variants, colors(len(report.variants))):
+        percentiles = [p for p in (log_sigma_percentiles(run) for run in variant.runs)
+                       if p is not None]
+        if percentiles:
+            levels = np.linspace(0, 1, len(percentiles[0]))
+            for seed_percentiles in percentiles:
+                axis.plot(seed_percentiles, levels, color=color, lw=0.6, alpha=0.5)
+            axis.plot(np.mean(percentiles, axis=0), levels, color=color, lw=2,
+                      label=f"{variant.label} (n={len(percentiles)})")
+            drew_cdf = True
+            continue
+        histograms = [h for h in (logvar_histogram(run) for run in variant.runs) if h]
+        if histograms:
+            low = min(h[1].min() for h in histograms) / 2
+            high = max(h[2].max() for h in histograms) / 2
+            edges = np.linspace(low, high if high > low else low + 1e-6, 60)
+            centers = np.concatenate([(h[1] + h[2]) / 4 for h in histograms])
+            weights = np.concatenate([h[3] for h in histograms])
+            density, _ = np.histogram(centers, bins=edges, weights=weights, density=True)
+            axis.stairs(density, edges, color=color, label=variant.label)
+            steps.update(h[0] for h in histograms)
+            drew_hist = True
+    axis.set_xlabel("log σ (encoder posterior)")
+    if drew_cdf:
+        axis.set_ylabel("fraction of test (example, latent) pairs ≤ x")
+        when = "test set at the last evaluation (bold: mean over seeds)"
+    else:
+        axis.set_ylabel("density (seeds pooled)")
+        when = "no σ percentiles in summary.json"
+    if steps:
+        when += f"; training-batch histogram, step {', '.join(str(s) for s in sorted(steps))}"
+    axis.set_title(when, fontsize="small")
+    plain_linear(axis.xaxis)
+    plain_linear(axis.yaxis)
+    if drew_hist or drew_cdf:
+        legend(axis, len(report.variants))
+
+
+def sigma_figure(report: GroupReport, out: Path) -> Path:
+    """σ at the end of training: log σ over the test set (left), σ range per seed (right)."""
+    plt = pyplot()
+    rows = sigma_rows(report)
+    height = max(4.5, 1.5 + 0.25 * len(rows), 1.5 + 0.3 * len(report.variants))
+    figure, (hist_axis, range_axis) = plt.subplots(
+        1, 2, figsize=(12, height), layout="constrained", gridspec_kw={"width_ratios": [3, 2]})
+    log_sigma_panel(hist_axis, report)
+    sigma_range_panel(range_axis, rows)
+    figure.suptitle(f"{report.name}: σ at the end of training", fontsize="small")
+    return save_figure(figure, out / f"sigma_{report.slug}.png")
+
+
+def final_metrics_figure(report: GroupReport, out: Path) -> Path:
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.5),
+                                layout="constrained")
+    labels = [v.label for v in report.variants]
+    palette = colors(len(report.variants))
+    for axis, metric in zip(axes, METRICS):
+        for x, (variant, color) in enumerate(zip(report.variants, palette)):
+            stat = variant.stats[metric]
+            if not stat.n:
+                axis.text(x, 0.5, "no completed run", rotation=90, ha="center", va="center",
+                          color="gray", fontsize="x-small", transform=axis.get_xaxis_transform())
+                continue
+            jitter = np.linspace(-0.15, 0.15, stat.n) if stat.n > 1 else [0.0]
+            axis.plot(x + np.asarray(jitter), stat.values, ".", color=color, alpha=0.6)
+            if stat.ci:
+                error = [[stat.mean - stat.ci[0]], [stat.ci[1] - stat.mean]]
+                axis.errorbar([x], [stat.mean], yerr=error, fmt="o", color=color, capsize=4)
+            else:
+                axis.plot([x], [stat.mean], "o", mfc="none", color=color)
+        axis.set_xlim(-0.5, len(labels) - 0.5)
+        axis.set_xticks(range(len(labels)))
+        axis.set_xticklabels(labels, rotation=45, ha="right", fontsize="x-small")
+        axis.set_title(metric, fontsize="small")
+        plain_linear(axis.yaxis)
+    figure.suptitle(f"{report.name}: final values of completed runs. Dots: seeds; bars: "
+                    "Student-t 95% CI of the mean; open circle: no CI (1 seed, or all seeds "
+                    "equal)", fontsize="small")
+    return save_figure(figure, out / f"final_{report.slug}.png")
+
+
+def frontier_figure(report: GroupReport, out: Path) -> Path:
+    """Final test ELBO (mean over completed seeds) against lr, one line per setting. Filled
+    marker: every seed completed at that lr; open: some did not. × at the bottom: a diverged
+    run, with diverged/runs beside it (a diverged run has no final ELBO to plot)."""
+    from matplotlib.ticker import NullLocator
+    from matplotlib.transforms import blended_transform_factory
+
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    bottom = blended_transform_factory(axis.transData, axis.transAxes)
+    rows = report.frontier
+    lrs = sorted({cell.lr for row in rows for cell in row.cells})
+    for index, (row, color) in enumerate(zip(rows, colors(len(rows)))):
+        points = [c for c in row.cells if c.mean_elbo is not None]
+        axis.plot([c.lr for c in points], [c.mean_elbo for c in points], color=color, lw=1.2,
+                  label=f"{row.variant} (seeds={row.seeds})")
+        for cell in points:
+            axis.plot([cell.lr], [cell.mean_elbo], "o", ms=7, color=color,
+                      mfc=color if cell.stable else "white")
+        height = 0.03 + 0.045 * index  # settings stacked, so their crosses do not hide each other
+        for cell in (c for c in row.cells if c.diverged):
+            axis.plot([cell.lr], [height], "x", ms=8, mew=2, color=color, transform=bottom,
+                      clip_on=False)
+            axis.text(cell.lr, height, f" {cell.diverged}/{len(cell.runs)}", color=color,
+                      fontsize="x-small", va="center", transform=bottom)
+    axis.plot([], [], "kx", ms=8, mew=2, ls="none", label="diverged runs/runs at that lr")
+    axis.plot([], [], "ko", mfc="white", ls="none", label="mean of the seeds that completed")
+    axis.set_xscale("log")
+    axis.set_xticks(lrs, [plain_number(lr) for lr in lrs],
+                    rotation=0 if len(lrs) <= 8 else 45)
+    axis.xaxis.set_minor_locator(NullLocator())
+    if len(lrs) == 1:
+        axis.set_xlim(lrs[0] / 3, lrs[0] * 3)
+    plain_linear(axis.yaxis)
+    ymin, ymax = axis.get_ylim()
+    axis.set_ylim(ymin - 0.15 * (ymax - ymin) * (1 + len(rows) / 4), ymax)  # room for the ×s
+    axis.set_xlabel("learning rate (optim.lr)")
+    axis.set_ylabel("final test ELBO (nats), mean over seeds")
+    axis.set_title(f"{report.name}\nstability frontier: filled = every seed completed",
+                   fontsize="small")
+    legend(axis, len(rows) + 2)
+    return save_figure(figure, out / f"frontier_{report.slug}.png")
+
+
+def draw_figures(report: GroupReport, out: Path) -> list[Path]:
+    figures = [elbo_figure(report, out), gradient_figure(report, out),
+               sigma_figure(report, out), final_metrics_figure(report, out)]
+    if report.frontier:
+        figures.append(frontier_figure(report, out))
+    return figures
+
+
