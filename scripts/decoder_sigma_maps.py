@@ -119,18 +119,19 @@ def table(rows: list[dict]) -> str:
     lines = ["| variant | σₓ floor | max log-density / pixel | σₓ p1 / p50 | share at floor | "
              "background log-density | recon log-density | test ELBO | test bpd | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def mean(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.fmean(values) if values else None
+
     for variant, runs in sorted(by_variant.items()):
-        def mean(key):
-            values = [r[key] for r in runs if r[key] is not None]
-            return statistics.fmean(values) if values else None
         p1 = statistics.fmean(r["sigma_x_p1_p50_p99"][0] for r in runs)
         p50 = statistics.fmean(r["sigma_x_p1_p50_p99"][1] for r in runs)
         lines.append(
             f"| {variant} | {fmt(runs[0]['sigma_floor'], 4)} | "
             f"{fmt(runs[0]['max_log_density_per_pixel'])} | {fmt(p1, 4)} / {fmt(p50, 3)} | "
-            f"{fmt(mean('share_at_floor'))} | {fmt(mean('background_log_density'), 0)} | "
-            f"{fmt(mean('recon_log_density'), 0)} | {fmt(mean('test_elbo'), 1)} | "
-            f"{fmt(mean('test_bpd'), 3)} | {len(runs)} |")
+            f"{fmt(mean(runs, 'share_at_floor'))} | {fmt(mean(runs, 'background_log_density'), 0)} | "
+            f"{fmt(mean(runs, 'recon_log_density'), 0)} | {fmt(mean(runs, 'test_elbo'), 1)} | "
+            f"{fmt(mean(runs, 'test_bpd'), 3)} | {len(runs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +154,7 @@ def figure(rows: list[dict], out: Path) -> None:
     high = max(float(image.max()) for image in images)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, (variant, row), image in zip(axes.flat, panels, images):
+    for axis, (variant, _), image in zip(axes.flat, panels, images):
         shown = axis.imshow(image, vmin=low, vmax=high, cmap="viridis")
         axis.set_title(variant.replace("variant=decoder_variance_", ""), fontsize=9)
     fig.colorbar(shown, ax=axes, shrink=0.8, label="mean log10 σₓ over the test set")
