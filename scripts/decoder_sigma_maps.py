@@ -129,7 +129,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {variant} | {fmt(runs[0]['sigma_floor'], 4)} | "
             f"{fmt(runs[0]['max_log_density_per_pixel'])} | {fmt(p1, 4)} / {fmt(p50, 3)} | "
-            f"{fmt(mean(runs, 'share_at_floor'))} | {fmt(mean(runs, 'background_log_density'), 0)} | "
+            f"{fmt(mean(runs, 'share_at_floor'))} | "
+            f"{fmt(mean(runs, 'background_log_density'), 0)} | "
             f"{fmt(mean(runs, 'recon_log_density'), 0)} | {fmt(mean(runs, 'test_elbo'), 1)} | "
             f"{fmt(mean(runs, 'test_bpd'), 3)} | {len(runs)} |")
     return "\n".join(lines) + "\n"
