@@ -63,7 +63,9 @@ for study in $STUDIES; do
     # Decoder σₓ: per-pixel σₓ through each σ-map, shared σₓ, fixed σₓ; 3 seeds, 10 epochs.
     decoder_variance)
       sweep "$study" "$SEEDS3" trainer.epochs=10 eval.iwae_k=100
-      report "$study" --group-by dataset,model --baseline decoder_variance_pixel_logvar ;;
+      report "$study" --group-by dataset,model --baseline decoder_variance_pixel_logvar
+      [ "${SWEEPS_ONLY:-0}" = 1 ] || python scripts/decoder_sigma_maps.py "$RUNS/$study" \
+        --out "$DOCS/$study" ;;
     *)
       echo "unknown study $study" >&2
       exit 2 ;;
