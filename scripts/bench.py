@@ -560,7 +560,7 @@ def iwae_worker(spec_json: str) -> None:
     from vae_bench.data import load_splits
     from vae_bench.estimators import evaluate_iwae
     from vae_bench.models import VAE
-    from vae_bench.train import IWAE_ROWS, pick_device
+    from vae_bench.train import IWAE_ROWS, pick_device, synthetic_sizes
 
     spec = json.loads(spec_json)
     if spec["threads"]:
@@ -569,10 +569,7 @@ def iwae_worker(spec_json: str) -> None:
         cfg = compose(config_name="train", overrides=spec["overrides"])
     device = pick_device(cfg.trainer.device)
     splits = load_splits(cfg.dataset.name, data_root(cfg), False,
-                         synthetic_num_train=cfg.dataset.num_train,
-                         synthetic_num_test=cfg.dataset.num_test,
-                         synthetic_image_size=cfg.dataset.image_size,
-                         synthetic_channels=cfg.dataset.channels, synthetic_seed=cfg.seed)
+                         **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
     model = VAE(cfg, splits.image_shape).to(device)
     payload = torch.load(Path(spec["run_dir"]) / "checkpoints" / "last.pt", map_location=device,
                          weights_only=False)

@@ -1,6 +1,6 @@
 """Stress the trainer's fault handling and print what each run ended as.
 
-    python scripts/stress.py [--out DIR] [--skip-joblib]
+    python scripts/stress.py [--out DIR] [--skip-joblib] [--fuzz N [--fuzz-only]]
 
 1. Every σ-parameterization at SGD lr=1.0, with trainer.on_nonfinite=stop and =skip, as one
    multirun: each run must end `diverged` or `completed`, never `failed` (a crash).
@@ -10,6 +10,9 @@
    hit job as interrupted, killed or failed.
 3. A run SIGKILLed mid-epoch and resumed: its metrics.jsonl must hold no duplicate (step, tag)
    pairs, and its final metrics must equal those of an uninterrupted run.
+4. With --fuzz N: N override sets drawn from the schema (tests/fuzzing.py) must each be accepted
+   or refused as a user error (exit 2) whose message names a key; up to --fuzz-train of the
+   accepted ones are trained and must end `completed` or `diverged`.
 
 Exits non-zero when an expectation above does not hold. Uses synthetic data only.
 """
@@ -162,21 +165,72 @@ def killed_and_resumed(out: Path) -> bool:
     return resumed.returncode == 0 and not duplicates and not differing
 
 
+def fuzzed_overrides(out: Path, examples: int, train_at_most: int) -> bool:
+    print(f"\n== 4. {examples} fuzzed override sets ==")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fuzzing import names_a_key, outcome_of, override_sets, train_accepted
+    from hypothesis import HealthCheck, given, settings
+
+    os.environ["VAE_BENCH_DATA"] = str(out / "no_data")  # no real data set is read
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.chdir(out)
+    counts: collections.Counter = collections.Counter()
+    bad: list[str] = []
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(override_sets)
+    def check(overrides: list[str]) -> None:
+        counts["drawn"] += 1
+        try:
+            outcome = outcome_of(overrides)
+        except Exception as error:  # anything but a user error is what this looks for
+            bad.append(f"{overrides}: {type(error).__name__}: {error}")
+            return
+        if not outcome.accepted:
+            counts["refused"] += 1
+            if not names_a_key(outcome.message, overrides) or "\n" in outcome.message.strip():
+                bad.append(f"{overrides}: message names no key: {outcome.message}")
+            return
+        counts["accepted"] += 1
+        if counts["trained"] < train_at_most:
+            counts["trained"] += 1
+            summary = train_accepted(overrides, out / "fuzz" / f"run{counts['trained']}")
+            counts[summary["status"]] += 1
+            if summary["status"] not in ("completed", "diverged"):
+                bad.append(f"{overrides}: run ended {summary['status']}")
+
+    check()
+    print(dict(counts))
+    for line in bad[:20]:
+        print("  ", line)
+    return not bad
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a temp folder)")
     parser.add_argument("--skip-joblib", action="store_true", help="leave out the joblib sweeps")
+    parser.add_argument("--fuzz", type=int, default=0, metavar="N",
+                        help="also check N fuzzed override sets")
+    parser.add_argument("--fuzz-train", type=int, default=20, metavar="K",
+                        help="train at most K of the accepted fuzzed sets (default 20)")
+    parser.add_argument("--fuzz-only", action="store_true", help="run only the fuzzing")
     args = parser.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="vae-bench-stress-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"runs in {out}")
-    results = {"lr=1.0 sweep": parameterizations_at_lr_1(out)}
-    if not args.skip_joblib:
-        results["joblib SIGTERM"] = joblib_sweep(out, signal.SIGTERM)
-        # loky aborts the whole sweep when a worker dies (TerminatedWorkerError); running the
-        # command again finishes it.
-        results["joblib SIGKILL + rerun"] = joblib_sweep(out, signal.SIGKILL)
-    results["SIGKILL + resume"] = killed_and_resumed(out)
+    results = {}
+    if not args.fuzz_only:
+        results["lr=1.0 sweep"] = parameterizations_at_lr_1(out)
+        if not args.skip_joblib:
+            results["joblib SIGTERM"] = joblib_sweep(out, signal.SIGTERM)
+            # loky aborts the whole sweep when a worker dies (TerminatedWorkerError); running
+            # the command again finishes it.
+            results["joblib SIGKILL + rerun"] = joblib_sweep(out, signal.SIGKILL)
+        results["SIGKILL + resume"] = killed_and_resumed(out)
+    if args.fuzz:
+        results["fuzzed overrides"] = fuzzed_overrides(out, args.fuzz, args.fuzz_train)
     print("\n== summary ==")
     for name, ok in results.items():
         print(f"{name:20} {'ok' if ok else 'FAILED'}")

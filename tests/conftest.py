@@ -17,6 +17,8 @@ TINY = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=64",
         "trainer.epochs=2", "trainer.batch_size=32", "eval.iwae_k=4", "log.quiet=true",
         "log.grad_every=4", "log.snr_window=3", "log.every_steps=4", "log.hist_every=4",
         "trainer.threads=1"]  # tiny models gain nothing from threads that compete with others
+# TINY for a data set read from files: the synthetic sizes are keys of dataset=synthetic only.
+TINY_ON_FILES = [override for override in TINY if not override.startswith("dataset")]
 
 
 def compose_config(overrides: list[str]):

@@ -109,6 +109,7 @@ def _overrides(dataset: str, tmp_path: Path) -> list[str]:
                  f"trainer.batch_size={BATCH}", f"trainer.epochs={EPOCHS}"]
     if dataset == "mnist":  # the IDX reader, on tiny .gz files in the real format
         write_idx_set(tmp_path / "data", n_train=N_TRAIN, n_test=N_TEST, gz=True)
+        overrides = [o for o in overrides if not o.startswith("dataset.")]  # synthetic's keys
         overrides += ["dataset=mnist", f"data.root={tmp_path / 'data'}"]
     return overrides
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_config, event_scalars, run_cli
+from conftest import TINY, TINY_ON_FILES, compose_config, event_scalars, run_cli
 from datafiles import write_cifar, write_idx_set
 
 CORE_TAGS = {
@@ -58,7 +58,7 @@ def test_synthetic(tmp_path: Path) -> None:
 
 def test_tiny_mnist_format_files(tmp_path: Path) -> None:
     write_idx_set(tmp_path / "data", n_train=96, n_test=32, gz=True)
-    args = ["train", *TINY, "dataset=mnist", "data.root=data", "hydra.run.dir=run"]
+    args = ["train", *TINY_ON_FILES, "dataset=mnist", "data.root=data", "hydra.run.dir=run"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     check_run_folder(tmp_path / "run", epochs=2)
@@ -66,7 +66,7 @@ def test_tiny_mnist_format_files(tmp_path: Path) -> None:
 
 def test_tiny_fashion_mnist_with_binarization_and_mlp_iwae(tmp_path: Path) -> None:
     write_idx_set(tmp_path / "data", folder="FashionMNIST", n_train=64, n_test=32)
-    args = ["train", *TINY, "dataset=fashion_mnist", "dataset.binarize=true",
+    args = ["train", *TINY_ON_FILES, "dataset=fashion_mnist", "dataset.binarize=true",
             "model=mlp_iwae", "data.root=data", "hydra.run.dir=run"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -75,7 +75,7 @@ def test_tiny_fashion_mnist_with_binarization_and_mlp_iwae(tmp_path: Path) -> No
 
 def test_tiny_cifar_format_files_with_conv_and_gaussian(tmp_path: Path) -> None:
     write_cifar(tmp_path / "data", n_per_batch=16)
-    args = ["train", *TINY, "dataset=cifar10", "model=conv", "likelihood=gaussian_pixel",
+    args = ["train", *TINY_ON_FILES, "dataset=cifar10", "model=conv", "likelihood=gaussian_pixel",
             "likelihood.param=softplus_std", "param=softplus_var", "data.root=data",
             "hydra.run.dir=run"]
     result = run_cli(args, cwd=tmp_path)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import ConfigError, TrainConfig, config_dir, register_configs, validate
+from vae_bench.config import ConfigError, config_dir, register_configs, run_schema, validate
 from vae_bench.data import DataError
 from vae_bench.tracking import atomic_write_text, process_gone
 
@@ -199,13 +199,14 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
 
 
 def train_task(cfg: DictConfig) -> float | None:
+    from vae_bench.preflight import check_runnable
     from vae_bench.train import save_resolved_config, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        validate(cfg)
+        check_runnable(cfg)  # again: a sweep's jobs are checked here, each on its own
         check_writable(run_dir)
         if cfg.log.quiet:
             quiet_console()
@@ -259,7 +260,22 @@ def name_by_swept_keys(argv: list[str]) -> list[str]:
         argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
 
 
+def check_before_hydra(argv: list[str]) -> None:
+    """Every mistake on the command line, and for a single run its range, device and data, is
+    refused here with exit 2: Hydra would exit 1 with its own words, or create the run folder
+    before the task could refuse it."""
+    from vae_bench.preflight import check_command_line, check_runnable
+
+    try:
+        cfg = check_command_line(argv)
+        if cfg is not None:
+            check_runnable(cfg)
+    except USER_ERRORS as error:
+        fail(error)
+
+
 def hydra_train(argv: list[str]) -> None:
+    check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
     sys.argv = ["vae-bench train", *add_override(name_by_swept_keys(argv), OUTPUT_DIR_CHECK)]
@@ -285,7 +301,8 @@ def resume(argv: list[str]) -> None:
             if status in ("completed", "diverged"):
                 print(f"vae-bench: {run_dir} has status {status!r}; nothing to resume.")
                 return
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(config_file))
+        saved = OmegaConf.load(config_file)
+        cfg = OmegaConf.merge(run_schema(saved), saved)
         validate(cfg)
         check_writable(run_dir)
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from vae_bench.data import DATASET_NAMES
 from vae_bench.likelihoods import LIKELIHOOD_NAMES
@@ -29,11 +29,21 @@ class ConfigError(ValueError):
     """A config value is out of range; the message names each bad value and what is allowed."""
 
 
+# Each group choice has a schema of its own (see GROUP_SCHEMAS): a key appears in a run's config
+# only where the choice uses it, so `dataset.num_train` with dataset=mnist is refused instead of
+# silently ignored.
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     binarize: bool = False  # dynamic binarization, resampled every time a batch is drawn
-    # Only used by `synthetic`: the images are generated from `seed` and these sizes.
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    """The images are generated from `seed` and these sizes."""
+
     num_train: int = 2048
     num_test: int = 512
     image_size: int = 28
@@ -46,7 +56,6 @@ class ModelConfig:
     latent_dim: int = 20
     hidden: list[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv only
     # The σ head's raw output s is multiplied by `sigma_head_scale`, and its initial weights by
     # `sigma_head_init_scale`: with these, logstd can be made update-for-update equal to logvar.
     sigma_head_scale: float = 1.0
@@ -58,13 +67,31 @@ class ModelConfig:
 
 
 @dataclass
+class ConvModelConfig(ModelConfig):
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    hidden: list[int] = field(default_factory=lambda: [256])  # one width: the dense layer
+
+
+@dataclass
 class SigmaMapOptions:
-    """Options of a σ-map; each map reads only the ones its definition uses."""
+    """A σ-map without options (logvar, logstd); the subclasses add the options of the others."""
 
     name: str = MISSING
+
+
+@dataclass
+class FlooredSigmaMapOptions(SigmaMapOptions):
     floor: float = 1e-4
+
+
+@dataclass
+class SoftClampedLogvarOptions(SigmaMapOptions):
     min_logvar: float = -10.0
     max_logvar: float = 2.0
+
+
+@dataclass
+class SigmoidBoundedOptions(SigmaMapOptions):
     sigma_min: float = 1e-3
     sigma_max: float = 2.0
 
@@ -72,8 +99,18 @@ class SigmaMapOptions:
 @dataclass
 class LikelihoodConfig:
     name: str = MISSING
-    sigma: float = 0.1  # σₓ of gaussian_fixed
-    # σ-map for the decoder's σₓ output (gaussian_shared, gaussian_pixel), from the same registry.
+
+
+@dataclass
+class FixedGaussianLikelihoodConfig(LikelihoodConfig):
+    sigma: float = 0.1
+
+
+@dataclass
+class LearnedGaussianLikelihoodConfig(LikelihoodConfig):
+    """σₓ is learned through the σ-map `param`, from the encoder's registry. `param` is a value,
+    not a group, so the options of every map are here; `param` reads the ones it uses."""
+
     param: str = "logvar"
     floor: float = 1e-4
     min_logvar: float = -10.0
@@ -87,11 +124,20 @@ class OptimConfig:
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.0
     grad_clip: float | None = None  # max global L2 norm; null disables clipping
     sigma_head_lr_mult: float = 1.0  # learning rate of the encoder σ head, relative to lr
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    lr: float = 1e-2
+    momentum: float = 0.0
 
 
 @dataclass
@@ -148,8 +194,52 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+# group -> (the schema of a choice not listed, {choice: its own schema}); every choice of a group
+# is listed in GROUP_CHOICES.
+GROUP_SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
+    "dataset": (DatasetConfig, {"synthetic": SyntheticDatasetConfig}),
+    "model": (ModelConfig, {"conv": ConvModelConfig}),
+    "param": (SigmaMapOptions, {
+        "softplus_std": FlooredSigmaMapOptions, "softplus_var": FlooredSigmaMapOptions,
+        "natural": FlooredSigmaMapOptions, "soft_clamped_logvar": SoftClampedLogvarOptions,
+        "sigmoid_bounded": SigmoidBoundedOptions}),
+    "likelihood": (LikelihoodConfig, {
+        "gaussian_fixed": FixedGaussianLikelihoodConfig,
+        "gaussian_shared": LearnedGaussianLikelihoodConfig,
+        "gaussian_pixel": LearnedGaussianLikelihoodConfig}),
+    "optim": (OptimConfig, {"adam": AdamConfig, "sgd": SGDConfig}),
+}
+GROUP_CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASET_NAMES, "model": MODEL_NAMES, "param": tuple(SIGMA_MAPS),
+    "likelihood": LIKELIHOOD_NAMES, "optim": OPTIMIZER_NAMES,
+}
+
+
+def choice_schema(group: str, choice: str) -> type:
+    base, per_choice = GROUP_SCHEMAS[group]
+    return per_choice.get(choice, base)
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """The run schema, and `schema/<group>/<choice>` that each configs/<group>/<choice>.yaml
+    names in its defaults list."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, choices in GROUP_CHOICES.items():
+        for choice in choices:
+            store.store(group=f"schema/{group}", name=choice, node=choice_schema(group, choice))
+
+
+def run_schema(config: DictConfig | dict) -> DictConfig:
+    """The structured schema of a saved run config: TrainConfig with each group's node typed by
+    the schema of the choice that config names (`resume` merges config.yaml onto it)."""
+    schema = OmegaConf.structured(TrainConfig)
+    for group in GROUP_SCHEMAS:
+        name = OmegaConf.select(OmegaConf.create(config), f"{group}.name") \
+            if isinstance(config, dict) else OmegaConf.select(config, f"{group}.name")
+        if isinstance(name, str):
+            schema[group] = OmegaConf.structured(choice_schema(group, name))
+    return schema
 
 
 def config_dir() -> Path:
@@ -161,108 +251,159 @@ def config_dir() -> Path:
     return package_dir.parent / "configs"
 
 
-def _choice(problems: list[str], key: str, value: str, allowed) -> None:
-    if value not in allowed:
-        problems.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+class Problems:
+    """Collects what is wrong with a config, each with the value to write instead: the schema's
+    default for that key and choice, so the suggested fix is always one that validates."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.defaults = run_schema(cfg)
+        self.found: list[str] = []
+
+    def fix(self, key: str) -> str:
+        default = OmegaConf.select(self.defaults, key, default=None)
+        if isinstance(default, str) and default.startswith("${"):
+            return ""
+        if OmegaConf.is_list(default):
+            default = OmegaConf.to_container(default)
+        return f" (e.g. `{key}={format_value(default)}`)"
+
+    def add(self, key: str, message: str, fix: str | None = None) -> None:
+        self.found.append(f"{message}{self.fix(key) if fix is None else fix}")
+
+    def choice(self, key: str, value: str, allowed) -> None:
+        if value not in allowed:
+            self.add(key, f"{key}={value!r} is not one of: {', '.join(allowed)}")
+
+    def at_least(self, key: str, value, minimum, strict: bool = False) -> None:
+        if value <= minimum if strict else value < minimum:
+            self.add(key, f"{key}={value} must be {'>' if strict else '>='} {minimum}")
+
+    def positive(self, key: str, value) -> None:
+        self.at_least(key, value, 0, strict=True)
 
 
-def _positive(problems: list[str], key: str, value, minimum=0, strict=True) -> None:
-    bad = value <= minimum if strict else value < minimum
-    if bad:
-        relation = ">" if strict else ">="
-        problems.append(f"{key}={value} must be {relation} {minimum}")
+def format_value(value) -> str:
+    """A value as it is written on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(item) for item in value) + "]"
+    return str(value)
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every out-of-range value; run before any data is loaded."""
-    problems: list[str] = []
-    _choice(problems, "dataset.name", cfg.dataset.name, DATASET_NAMES)
-    _choice(problems, "model.name", cfg.model.name, MODEL_NAMES)
-    _choice(problems, "model.activation", cfg.model.activation, ACTIVATIONS)
-    _choice(problems, "param.name", cfg.param.name, tuple(SIGMA_MAPS))
-    _choice(problems, "likelihood.name", cfg.likelihood.name, LIKELIHOOD_NAMES)
-    _choice(problems, "likelihood.param", cfg.likelihood.param, tuple(SIGMA_MAPS))
-    _choice(problems, "optim.name", cfg.optim.name, OPTIMIZER_NAMES)
-    _choice(problems, "trainer.precision", cfg.trainer.precision, PRECISIONS)
-    _choice(problems, "trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
+    problems = Problems(cfg)
+    for group, choices in GROUP_CHOICES.items():
+        name = cfg[group].name
+        problems.choice(f"{group}.name", name, choices)
+        if name in choices and OmegaConf.get_type(cfg[group]) is not choice_schema(group, name):
+            # `param.name=natural` renames the choice but keeps logvar's options (none).
+            problems.add(f"{group}.name", f"{group}.name={name} does not match the {group} "
+                         f"chosen", f" (choose it with `{group}={name}`)")
+    problems.choice("model.activation", cfg.model.activation, ACTIVATIONS)
+    problems.choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    problems.choice("trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
     device = cfg.trainer.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        problems.append(f"trainer.device={device!r} is not one of: auto, cpu, cuda, cuda:N")
+    index = device.removeprefix("cuda:")
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and index.isdigit())):
+        problems.add("trainer.device", f"trainer.device={device!r} is not one of: auto, cpu, "
+                     "cuda, cuda:N (N a GPU index)",
+                     " (e.g. `trainer.device=auto`, which picks CUDA when present)")
 
-    _positive(problems, "optim.lr", cfg.optim.lr)
-    _positive(problems, "optim.weight_decay", cfg.optim.weight_decay, strict=False)
-    _positive(problems, "optim.eps", cfg.optim.eps)
-    _positive(problems, "optim.momentum", cfg.optim.momentum, strict=False)
-    _positive(problems, "optim.sigma_head_lr_mult", cfg.optim.sigma_head_lr_mult)
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
-        problems.append(f"optim.betas={list(cfg.optim.betas)} must be two numbers in [0, 1)")
-    if cfg.optim.grad_clip is not None:
-        _positive(problems, "optim.grad_clip", cfg.optim.grad_clip)
+    optim = cfg.optim
+    problems.positive("optim.lr", optim.lr)
+    problems.at_least("optim.weight_decay", optim.weight_decay, 0)
+    problems.positive("optim.sigma_head_lr_mult", optim.sigma_head_lr_mult)
+    if "eps" in optim:
+        problems.positive("optim.eps", optim.eps)
+    if "momentum" in optim:
+        problems.at_least("optim.momentum", optim.momentum, 0)
+    if "betas" in optim and (len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas)):
+        problems.add("optim.betas", f"optim.betas={format_value(list(optim.betas))} must be two "
+                     "numbers in [0, 1)")
+    if optim.grad_clip is not None:
+        problems.positive("optim.grad_clip", optim.grad_clip)
 
-    _positive(problems, "trainer.epochs", cfg.trainer.epochs, 1, strict=False)
-    _positive(problems, "trainer.batch_size", cfg.trainer.batch_size, 1, strict=False)
-    _positive(problems, "trainer.max_skips", cfg.trainer.max_skips, 1, strict=False)
-    _positive(problems, "trainer.check_every", cfg.trainer.check_every, 1, strict=False)
-    if cfg.trainer.threads is not None:
-        _positive(problems, "trainer.threads", cfg.trainer.threads, 1, strict=False)
-    if cfg.trainer.max_steps_per_epoch is not None:
-        _positive(problems, "trainer.max_steps_per_epoch", cfg.trainer.max_steps_per_epoch, 1,
-                  strict=False)
+    trainer = cfg.trainer
+    for key in ("epochs", "batch_size", "max_skips", "check_every"):
+        problems.at_least(f"trainer.{key}", trainer[key], 1)
+    for key in ("threads", "max_steps_per_epoch"):
+        if trainer[key] is not None:
+            problems.at_least(f"trainer.{key}", trainer[key], 1)
 
-    _positive(problems, "model.latent_dim", cfg.model.latent_dim, 1, strict=False)
-    for width in cfg.model.hidden:
-        _positive(problems, "model.hidden", width, 1, strict=False)
-    for width in cfg.model.channels:
-        _positive(problems, "model.channels", width, 1, strict=False)
-    _positive(problems, "model.sigma_head_scale", cfg.model.sigma_head_scale)
-    _positive(problems, "model.sigma_head_init_scale", cfg.model.sigma_head_init_scale)
-    if cfg.model.init_sigma is not None:
-        lo, hi = SIGMA_MAPS[cfg.param.name].sigma_bounds(cfg.param) \
-            if cfg.param.name in SIGMA_MAPS else (0.0, math.inf)
-        if not lo < cfg.model.init_sigma < hi:
-            problems.append(f"model.init_sigma={cfg.model.init_sigma} must lie strictly inside "
-                            f"the σ range of param={cfg.param.name}, ({lo:g}, {hi:g})")
+    model = cfg.model
+    problems.at_least("model.latent_dim", model.latent_dim, 1)
+    hidden = list(model.hidden)
+    if not hidden:
+        problems.add("model.hidden", "model.hidden=[] must list at least one layer width")
+    elif model.name == "conv" and len(hidden) != 1:
+        problems.add("model.hidden", f"model.hidden={format_value(hidden)}: model=conv takes "
+                     "exactly one width (its dense layer)")
+    for width in hidden:
+        problems.at_least("model.hidden", width, 1)
+    if "channels" in model:
+        channels = list(model.channels)
+        if len(channels) != 2:
+            problems.add("model.channels", f"model.channels={format_value(channels)}: model=conv "
+                         "takes exactly two widths (its two conv layers)")
+        for width in channels:
+            problems.at_least("model.channels", width, 1)
+    problems.positive("model.sigma_head_scale", model.sigma_head_scale)
+    problems.positive("model.sigma_head_init_scale", model.sigma_head_init_scale)
+    if model.init_sigma is not None and cfg.param.name in SIGMA_MAPS:
+        lo, hi = SIGMA_MAPS[cfg.param.name].sigma_bounds(cfg.param)
+        if not lo < model.init_sigma < hi:
+            problems.add("model.init_sigma", f"model.init_sigma={model.init_sigma} must lie "
+                         f"strictly inside the σ range of param={cfg.param.name}, "
+                         f"({lo:g}, {hi:g})")
 
+    if "param" in cfg.likelihood:
+        problems.choice("likelihood.param", cfg.likelihood.param, tuple(SIGMA_MAPS))
+    if "sigma" in cfg.likelihood:
+        problems.positive("likelihood.sigma", cfg.likelihood.sigma)
     for prefix in ("param", "likelihood"):
         options = cfg[prefix]
-        _positive(problems, f"{prefix}.floor", options.floor)
-        _positive(problems, f"{prefix}.sigma_min", options.sigma_min)
-        if options.sigma_min >= options.sigma_max:
-            problems.append(f"{prefix}.sigma_min={options.sigma_min} must be < "
-                            f"{prefix}.sigma_max={options.sigma_max}")
-        if options.min_logvar >= options.max_logvar:
-            problems.append(f"{prefix}.min_logvar={options.min_logvar} must be < "
-                            f"{prefix}.max_logvar={options.max_logvar}")
-    _positive(problems, "likelihood.sigma", cfg.likelihood.sigma)
+        if "floor" in options:
+            problems.positive(f"{prefix}.floor", options.floor)
+        if "sigma_min" in options:
+            problems.positive(f"{prefix}.sigma_min", options.sigma_min)
+            if options.sigma_min >= options.sigma_max:
+                problems.add(f"{prefix}.sigma_min", f"{prefix}.sigma_min={options.sigma_min} "
+                             f"must be < {prefix}.sigma_max={options.sigma_max}")
+        if "min_logvar" in options and options.min_logvar >= options.max_logvar:
+            problems.add(f"{prefix}.min_logvar", f"{prefix}.min_logvar={options.min_logvar} must "
+                         f"be < {prefix}.max_logvar={options.max_logvar}")
 
-    _positive(problems, "eval.batch_size", cfg.eval.batch_size, 1, strict=False)
-    _positive(problems, "eval.iwae_k", cfg.eval.iwae_k, 1, strict=False)
-    _positive(problems, "eval.iwae_chunk", cfg.eval.iwae_chunk, 1, strict=False)
-    _positive(problems, "eval.iwae_every", cfg.eval.iwae_every, 0, strict=False)
+    for key in ("batch_size", "iwae_k", "iwae_chunk"):
+        problems.at_least(f"eval.{key}", cfg.eval[key], 1)
+    problems.at_least("eval.iwae_every", cfg.eval.iwae_every, 0)
     if cfg.eval.iwae_max_examples is not None:
-        _positive(problems, "eval.iwae_max_examples", cfg.eval.iwae_max_examples, 1, strict=False)
+        problems.at_least("eval.iwae_max_examples", cfg.eval.iwae_max_examples, 1)
 
     for key in ("every_steps", "grad_every", "snr_window", "hist_every"):
-        _positive(problems, f"log.{key}", cfg.log[key], 1, strict=False)
+        problems.at_least(f"log.{key}", cfg.log[key], 1)
     if cfg.log.snr_window < 2:
-        problems.append(f"log.snr_window={cfg.log.snr_window} must be >= 2 (a std needs two steps)")
+        problems.add("log.snr_window", f"log.snr_window={cfg.log.snr_window} must be >= 2 (a std "
+                     "needs two steps)")
     if cfg.log.snr_window > cfg.log.grad_every:
-        problems.append(f"log.snr_window={cfg.log.snr_window} must be <= "
-                        f"log.grad_every={cfg.log.grad_every}")
+        problems.add("log.snr_window", f"log.snr_window={cfg.log.snr_window} must be <= "
+                     f"log.grad_every={cfg.log.grad_every}")
 
-    if cfg.dataset.name == "synthetic":
-        _positive(problems, "dataset.num_train", cfg.dataset.num_train, 1, strict=False)
-        _positive(problems, "dataset.num_test", cfg.dataset.num_test, 1, strict=False)
-        _positive(problems, "dataset.channels", cfg.dataset.channels, 1, strict=False)
-        if cfg.model.name == "conv" and cfg.dataset.image_size % 4:
-            problems.append(f"dataset.image_size={cfg.dataset.image_size} must be a multiple "
-                            "of 4 for model=conv (two stride-2 layers)")
-        _positive(problems, "dataset.image_size", cfg.dataset.image_size, 4, strict=False)
+    dataset = cfg.dataset
+    if "num_train" in dataset:
+        for key in ("num_train", "num_test", "channels"):
+            problems.at_least(f"dataset.{key}", dataset[key], 1)
+        problems.at_least("dataset.image_size", dataset.image_size, 4)
+        if model.name == "conv" and dataset.image_size % 4:
+            problems.add("dataset.image_size", f"dataset.image_size={dataset.image_size} must be "
+                         "a multiple of 4 for model=conv (two stride-2 layers)")
 
-    if problems:
-        raise ConfigError("Invalid configuration: " + "; ".join(problems) + ". Fix the "
-                          "override (e.g. `vae-bench train optim.lr=1e-3`); `vae-bench train "
-                          "--cfg job` shows the composed config.")
+    if problems.found:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems.found) + ".")
 
 
 def data_root(cfg: DictConfig) -> Path:

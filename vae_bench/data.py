@@ -85,19 +85,27 @@ def load_splits(
     if name not in DATASET_NAMES:
         raise DataError(f"Unknown data set {name!r}; choose one of: {', '.join(DATASET_NAMES)}.")
     root_dir = Path(root).expanduser().absolute()
-    missing = _missing_files(name, root_dir)
     # Download only what is absent: torchvision would re-fetch over the .gz-only copies we read.
-    if missing and download:
+    if download and _missing_files(name, root_dir):
         _download(name, root_dir)
-        missing = _missing_files(name, root_dir)
-    if missing:
-        raise DataError(f"Data set {name!r} was not found under the data root {root_dir}: missing "
-                        f"{', '.join(missing)}{_gz_note(name)}. {_fixes(name)}")
+    check_files(name, root_dir)
     if name == "cifar10":
         train = _read_cifar(root_dir, CIFAR_TRAIN_FILES)
         return Splits(train, _read_cifar(root_dir, CIFAR_TEST_FILES))
     raw = root_dir / IDX_FOLDERS[name] / "raw"
     return Splits(*(_read_idx_split(raw, prefix) for prefix in IDX_PREFIXES))
+
+
+def check_files(name: str, root: str | os.PathLike) -> None:
+    """DataError naming every file of the data set missing under `root` (synthetic has none);
+    cheap, so the CLI can refuse a run before its folder exists."""
+    if name == "synthetic":
+        return
+    root_dir = Path(root).expanduser().absolute()
+    missing = _missing_files(name, root_dir)
+    if missing:
+        raise DataError(f"Data set {name!r} was not found under the data root {root_dir}: missing "
+                        f"{', '.join(missing)}{_gz_note(name)}. {_fixes(name)}")
 
 
 def to_float(

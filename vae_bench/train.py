@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vae_bench import checkpoints
-from vae_bench.config import data_root
+from vae_bench.config import ConfigError, data_root
 from vae_bench.data import load_splits, to_float
 from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
@@ -42,12 +42,27 @@ IWAE_ROWS = 4096
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `trainer.device` names; ConfigError where this machine has no such device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available here; "
-                           "use trainer.device=cpu or trainer.device=auto")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name}: CUDA is not available here (this PyTorch "
+                              f"{torch.__version__} finds no GPU) (e.g. `trainer.device=cpu`, or "
+                              "`trainer.device=auto`, which picks CUDA when present).")
+        count = torch.cuda.device_count()
+        index = name.removeprefix("cuda").removeprefix(":")
+        if index and int(index) >= count:
+            raise ConfigError(f"trainer.device={name}: this machine has {count} CUDA "
+                              f"device{'s' if count != 1 else ''}, cuda:0 to cuda:{count - 1} "
+                              "(e.g. `trainer.device=cuda:0`).")
     return torch.device(name)
+
+
+def synthetic_sizes(dataset: DictConfig) -> dict[str, int]:
+    """The `synthetic_*` arguments of load_splits; only dataset=synthetic has these keys."""
+    keys = ("num_train", "num_test", "image_size", "channels")
+    return {f"synthetic_{key}": dataset[key] for key in keys if key in dataset}
 
 
 def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
@@ -181,10 +196,7 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     device = pick_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.dataset.name, data_root(cfg), cfg.data.download,
-                         synthetic_num_train=cfg.dataset.num_train,
-                         synthetic_num_test=cfg.dataset.num_test,
-                         synthetic_image_size=cfg.dataset.image_size,
-                         synthetic_channels=cfg.dataset.channels, synthetic_seed=cfg.seed)
+                         **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
     model = VAE(cfg, splits.image_shape).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     order_generator = torch.Generator().manual_seed(cfg.seed)
