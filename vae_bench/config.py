@@ -6,7 +6,6 @@ value ranges that a type cannot express are checked by `validate`, which names e
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
