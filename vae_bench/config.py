@@ -95,6 +95,9 @@ class TrainerConfig:
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; null keeps torch's default
+    # Share of the GPU's memory one run may allocate (torch.cuda.set_per_process_memory_fraction),
+    # so that several jobs of a sweep can share one GPU; null: no cap. Ignored on the CPU.
+    gpu_memory_fraction: float | None = None
     compile: bool = False
     precision: str = "fp32"
     on_nonfinite: str = "stop"
@@ -200,6 +203,10 @@ def validate(cfg: DictConfig) -> None:
     _positive(problems, "trainer.check_every", cfg.trainer.check_every, 1, strict=False)
     if cfg.trainer.threads is not None:
         _positive(problems, "trainer.threads", cfg.trainer.threads, 1, strict=False)
+    fraction = cfg.trainer.gpu_memory_fraction
+    if fraction is not None and not 0 < fraction <= 1:
+        problems.append(f"trainer.gpu_memory_fraction={fraction} must be in (0, 1] (the share of "
+                        "the GPU's memory one run may use), or null for no cap")
     if cfg.trainer.max_steps_per_epoch is not None:
         _positive(problems, "trainer.max_steps_per_epoch", cfg.trainer.max_steps_per_epoch, 1,
                   strict=False)
