@@ -150,6 +150,18 @@ def test_jobs_side_by_side_keep_their_threads_and_their_results(tmp_path: Path) 
 # ---- GPU memory cap -----------------------------------------------------------------------------
 
 
+def test_joblib_gpu_launcher_preset() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from vae_bench.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=joblib_gpu"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 4
+
+
 @pytest.mark.parametrize("fraction", [0, -0.5, 1.5])
 def test_gpu_memory_fraction_out_of_range_is_refused(fraction) -> None:
     cfg = compose_config([*TINY, f"trainer.gpu_memory_fraction={fraction}"])
