@@ -47,6 +47,10 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def closing_counts(output: str) -> str:
     (line,) = [line for line in output.splitlines() if "sweep finished" in line]
     return line.split("sweep finished, ", 1)[1]
@@ -72,11 +76,14 @@ def test_joblib_sweep_survives_a_killed_training_process(tmp_path: Path) -> None
         summary = summary_of(target)
         if summary.get("status") == "running" and logged(target):  # inside the training loop
             killed_pid = summary["pid"]
+            scores = [int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+                      for pid in (killed_pid, parent_of(killed_pid))]
             os.kill(killed_pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert killed_pid is not None, "the job never reached its training loop"
+    assert scores[0] == scores[1] + jobs.OOM_SCORE_BIAS  # the OOM killer's choice in the job
     assert proc.returncode == 0, err[-3000:]
     statuses = {seed: summary_of(sweep / f"seed={seed}").get("status") for seed in range(4)}
     assert statuses == {0: "completed", 1: "killed", 2: "completed", 3: "completed"}
