@@ -1,13 +1,16 @@
 """Stress the trainer's fault handling and print what each run ended as.
 
-    python scripts/stress.py [--out DIR] [--skip-joblib] [--fuzz N [--fuzz-only]]
+    python scripts/stress.py [--out DIR] [--skip-sweeps] [--fuzz N [--fuzz-only]]
 
 1. Every σ-parameterization at SGD lr=1.0, with trainer.on_nonfinite=stop and =skip, as one
    multirun: each run must end `diverged` or `completed`, never `failed` (a crash).
-2. A 4-job joblib sweep (n_jobs=2) in which one job's worker gets SIGTERM, then another in which
-   it gets SIGKILL (joblib then aborts the jobs it had not started, and the same command is run
-   again to finish the sweep): the other 3 results must be kept, and the report must list the
-   hit job as interrupted, killed or failed.
+2. 4-job sweeps (joblib with n_jobs=2, submitit_local) in which one job's training process (the
+   job's largest) gets SIGTERM or SIGKILL: the sweep must go on and exit 0, the other 3 jobs
+   complete, the report list the hit job as interrupted or killed, and the same command run
+   again finish it and leave the others untouched. Last, SIGKILL to the joblib worker waiting
+   for that job's training: joblib aborts the sweep (TerminatedWorkerError), the training
+   process gets SIGTERM (it must not train on, orphaned) and ends interrupted, and the same
+   command again must finish the sweep.
 3. A run SIGKILLed mid-epoch and resumed: its metrics.jsonl must hold no duplicate (step, tag)
    pairs, and its final metrics must equal those of an uninterrupted run.
 4. With --fuzz N: N override sets drawn from the schema (tests/fuzzing.py) must each be accepted
@@ -100,40 +103,72 @@ def parameterizations_at_lr_1(out: Path) -> bool:
     return ok
 
 
-def joblib_sweep(out: Path, signum: int) -> bool:
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def signalled_sweep(out: Path, launcher: str, signum: int, target: str) -> bool:
+    """A 4-job sweep in which `target` ("training": the job's training process, its largest;
+    "worker": the launcher's process that waits for it) of job seed=1 gets `signum`, then the
+    same command again. The other 3 jobs must complete untouched, the report must list the hit
+    job as interrupted or killed, and the rerun must finish it."""
     name = signal.Signals(signum).name
-    print(f"\n== 2. joblib sweep, n_jobs=2, {name} to the worker of job seed=1 ==")
-    sweep = out / f"joblib_{name.lower()}"
+    print(f"\n== 2. {launcher} sweep, {name} to the {target} process of job seed=1 ==")
+    sweep = out / f"{launcher}_{name.lower()}_{target}"
     command = ["train", "-m", *SMALL, "dataset.num_train=256", "trainer.epochs=1",
                "trainer.batch_size=4", "log.every_steps=4", "seed=0,1,2,3",
-               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+               f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}"]
+    if launcher == "joblib":
+        command.append("hydra.launcher.n_jobs=2")
     proc = vae_bench(command, out)
-    target = sweep / "seed=1"
+    hit = sweep / "seed=1"
     while proc.poll() is None:
-        events = list(target.glob("events.out.tfevents.*"))
-        if events and records_of(target):  # inside the training loop: signals are handled
-            os.kill(int(events[0].name.split(".")[-2]), signum)
+        summary = summary_of(hit)
+        if summary.get("status") == "running" and records_of(hit):  # inside the training loop
+            training = summary["pid"]
+            victim = training if target == "training" else parent_of(training)
+            print(f"RSS at the signal: training process {rss_mib(training):.0f} MiB, its parent "
+                  f"(the launcher's worker) {rss_mib(parent_of(training)):.0f} MiB")
+            os.kill(victim, signum)
             break
         time.sleep(0.02)
-    _, err = proc.communicate()
+    output, err = proc.communicate()
     statuses = {seed: summary_of(sweep / f"seed={seed}").get("status", "<no summary>")
                 for seed in range(4)}
     print(f"sweep exit code {proc.returncode}; statuses {statuses}")
+    closing = [line for line in output.splitlines() if "sweep finished" in line]
+    print("closing line:", closing[0] if closing else "<none: the launcher aborted the sweep>")
     if proc.returncode != 0:
         print("  " + (err.strip().splitlines() or ["?"])[-1][:300])
-    print("report:", report_statuses(sweep))
-    if proc.returncode != 0:
-        # A killed loky worker makes joblib abort the jobs it had not started: the same command
-        # into the same sweep folder finishes them (and skips or resumes the others).
-        rerun = vae_bench(command, out)
-        _, err = rerun.communicate()
-        statuses = {seed: summary_of(sweep / f"seed={seed}").get("status", "<no summary>")
-                    for seed in range(4)}
-        print(f"same command again: exit code {rerun.returncode}; statuses {statuses}")
-        print("report:", report_statuses(sweep))
-    kept = sum(status == "completed" for seed, status in statuses.items() if seed != 1)
-    killed_job = report_statuses(sweep).get("seed=1")
-    return kept == 3 and killed_job in ("interrupted", "failed", "killed", "completed")
+    reported = report_statuses(sweep)
+    print("report:", reported)
+    others_kept = all(statuses[seed] == "completed" for seed in (0, 2, 3))
+    expected_exit = 0 if target == "training" else proc.returncode  # joblib aborts on a lost worker
+    ok = (proc.returncode == expected_exit and reported.get("seed=1") in ("interrupted", "killed")
+          and (others_kept or target == "worker"))
+    finished = {seed: (sweep / f"seed={seed}" / "metrics.jsonl").read_text()
+                for seed in (0, 2, 3) if statuses[seed] == "completed"}
+    rerun = vae_bench(command, out)
+    output, _ = rerun.communicate()
+    statuses = {seed: summary_of(sweep / f"seed={seed}").get("status", "<no summary>")
+                for seed in range(4)}
+    closing = [line for line in output.splitlines() if "sweep finished" in line]
+    print(f"same command again: exit code {rerun.returncode}; statuses {statuses}")
+    print("closing line:", closing[0] if closing else "<none>")
+    untouched = all((sweep / f"seed={seed}" / "metrics.jsonl").read_text() == text
+                    for seed, text in finished.items())
+    return (ok and rerun.returncode == 0 and untouched
+            and all(status == "completed" for status in statuses.values()))
 
 
 def killed_and_resumed(out: Path) -> bool:
@@ -210,7 +245,8 @@ def fuzzed_overrides(out: Path, examples: int, train_at_most: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a temp folder)")
-    parser.add_argument("--skip-joblib", action="store_true", help="leave out the joblib sweeps")
+    parser.add_argument("--skip-sweeps", action="store_true",
+                        help="leave out the sweeps with a signalled job")
     parser.add_argument("--fuzz", type=int, default=0, metavar="N",
                         help="also check N fuzzed override sets")
     parser.add_argument("--fuzz-train", type=int, default=20, metavar="K",
@@ -223,17 +259,19 @@ def main() -> None:
     results = {}
     if not args.fuzz_only:
         results["lr=1.0 sweep"] = parameterizations_at_lr_1(out)
-        if not args.skip_joblib:
-            results["joblib SIGTERM"] = joblib_sweep(out, signal.SIGTERM)
-            # loky aborts the whole sweep when a worker dies (TerminatedWorkerError); running
-            # the command again finishes it.
-            results["joblib SIGKILL + rerun"] = joblib_sweep(out, signal.SIGKILL)
+        if not args.skip_sweeps:
+            for launcher, signum, target in [("joblib", signal.SIGTERM, "training"),
+                                             ("joblib", signal.SIGKILL, "training"),
+                                             ("submitit_local", signal.SIGKILL, "training"),
+                                             ("joblib", signal.SIGKILL, "worker")]:
+                name = f"{launcher} {signal.Signals(signum).name} {target}"
+                results[name] = signalled_sweep(out, launcher, signum, target)
         results["SIGKILL + resume"] = killed_and_resumed(out)
     if args.fuzz:
         results["fuzzed overrides"] = fuzzed_overrides(out, args.fuzz, args.fuzz_train)
     print("\n== summary ==")
     for name, ok in results.items():
-        print(f"{name:20} {'ok' if ok else 'FAILED'}")
+        print(f"{name:32} {'ok' if ok else 'FAILED'}")
     sys.exit(0 if all(results.values()) else 1)
 
 

@@ -7,6 +7,7 @@ the structure, with no timing, so it is fast and load-independent.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 from pathlib import Path
 
@@ -152,38 +153,40 @@ def test_guard_catches_a_per_item_loader(guarded):
         torchvision.transforms.ToTensor()(images[0, 0].numpy())
 
 
-def test_a_worker_holds_one_copy_of_the_data_across_sweep_jobs(tmp_path, monkeypatch):
-    """A launcher worker runs sweep jobs one after another in one process (joblib's loky workers
-    do; here Hydra's basic launcher, in this process). Each job loads its splits: by the time the
-    next job loads, nothing may still hold the previous job's tensors, or a long sweep would
-    accumulate one data set per job."""
+def test_sweep_jobs_load_their_data_in_child_processes_that_end(tmp_path, monkeypatch) -> None:
+    """A launcher worker runs sweep jobs one after another (joblib's loky workers do; here
+    Hydra's basic launcher, in this process). Each job trains in a child process that exits
+    afterwards, so the worker never holds a job's data set: nothing can accumulate across jobs,
+    and the memory of each (data, model, a CUDA context) goes back to the system."""
     import gc
-    import weakref
+    import socket
 
     import vae_bench.cli
+    from vae_bench import jobs
+    from vae_bench.tracking import process_gone
 
-    loaded: list[weakref.ref] = []
-    alive_at_each_load: list[int] = []
-    real_load_splits = train_module.load_splits
-
-    def load_splits_spy(*args, **kwargs):
+    def image_tensors() -> int:
         gc.collect()
-        alive_at_each_load.append(sum(ref() is not None for ref in loaded))
-        splits = real_load_splits(*args, **kwargs)
-        loaded.extend([weakref.ref(splits.train), weakref.ref(splits.test)])
-        return splits
+        return sum(type(o) is torch.Tensor and o.dtype == torch.uint8 and o.dim() == 4
+                   for o in gc.get_objects())
 
-    monkeypatch.setattr(train_module, "load_splits", load_splits_spy)
+    loads_here = []
+    images_before = image_tensors()
+    monkeypatch.setattr(train_module, "load_splits",
+                        lambda *args, **kwargs: loads_here.append(args))
     monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
     vae_bench.cli.main(["train", "-m", *TINY, "trainer.epochs=1", "seed=0,1,2",
-                        f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    assert len(alive_at_each_load) == 3, "each job loads its own splits once"
-    assert alive_at_each_load == [0, 0, 0], (
-        f"tensors of earlier jobs still alive when the next job loaded: {alive_at_each_load}")
-    gc.collect()
-    assert all(ref() is None for ref in loaded), "the last job's data outlived the sweep"
-    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
-    assert len(summaries) == 3
+                        f"hydra.sweep.dir={sweep}"])
+    assert loads_here == [], "a sweep job loaded its data in the launcher's process"
+    entries = jobs.read_journal(sweep)
+    assert sorted(e["job"] for e in entries) == ["seed=0", "seed=1", "seed=2"]
+    assert all(e["status"] == "completed" for e in entries)
+    pids = {e["pid"] for e in entries}
+    assert len(pids) == 3 and os.getpid() not in pids
+    # Each child has exited (and was reaped): nothing it held is still allocated.
+    assert all(process_gone({"pid": pid, "host": socket.gethostname()}) for pid in pids)
+    assert image_tensors() <= images_before, "data tensors left in the launcher's process"
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",

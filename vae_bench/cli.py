@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from vae_bench import checkpoints
+from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
 from vae_bench.config import ConfigError, config_dir, register_configs, run_schema, validate
 from vae_bench.data import DataError
@@ -119,6 +119,7 @@ class OutputDirCheck(Callback):
 
 
 OUTPUT_DIR_CHECK = "+hydra.callbacks.vae_bench_output_dir._target_=vae_bench.cli.OutputDirCheck"
+SWEEP_PROGRESS = "+hydra.callbacks.vae_bench_sweep._target_=vae_bench.jobs.SweepProgress"
 
 
 def add_override(argv: list[str], override: str) -> list[str]:
@@ -185,7 +186,7 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
         raise EarlierRunKept(f"{run_dir} holds a run that is still `running` (pid "
                              f"{summary.get('pid')} on {summary.get('host')}); leave it, or "
                              "sweep into another folder with `hydra.sweep.dir=…`.")
-    if status not in ("interrupted", "running", "failed"):
+    if status not in ("interrupted", "running", "killed", "failed"):
         raise EarlierRunKept(f"{run_dir} holds a run with status {status!r}; delete that "
                              "folder to train the job again.")
     saved_file = run_dir / "config.yaml"
@@ -199,12 +200,24 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
 
 
 def train_task(cfg: DictConfig) -> float | None:
-    from vae_bench.preflight import check_runnable
-    from vae_bench.train import save_resolved_config, train
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    summary = run_job(cfg, run_dir, multirun)
+    if multirun:
+        jobs.record_job(Path(hydra_cfg.sweep.dir), run_dir, summary)
+    else:  # printed, not logged: the one line a quiet run still needs
+        print(f"vae-bench: run folder: {run_dir}", flush=True)
+        finish(summary, multirun)
+    return summary.get("test/elbo")
+
+
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
+    """Train one run (a sweep's job in a child process: see jobs.py) and return its summary; a
+    sweep job never raises, so that it never ends the sweep."""
+    from vae_bench.preflight import check_runnable
+    from vae_bench.train import save_resolved_config, train
+
     try:
         check_runnable(cfg)  # again: a sweep's jobs are checked here, each on its own
         check_writable(run_dir)
@@ -214,7 +227,7 @@ def train_task(cfg: DictConfig) -> float | None:
         if attempt == "done":
             # Warning level: quiet sweeps show it too, and a skipped job should never surprise.
             log.warning("%s: already %s, skipped", run_dir, earlier["status"])
-            return earlier.get("test/elbo")
+            return {**earlier, "skipped": True}
         if attempt is None:
             save_resolved_config(cfg, run_dir)
         if attempt in ("resume", "start over"):
@@ -222,19 +235,18 @@ def train_task(cfg: DictConfig) -> float | None:
                         "continuing from its last checkpoint" if attempt == "resume" else
                         "it never reached a checkpoint, so training starts over")
         log.info("run folder: %s", run_dir)
-        summary = train(cfg, run_dir, resume=attempt == "resume", quiet=cfg.log.quiet,
-                        start_over=attempt == "start over")
+        if multirun:
+            return jobs.train_in_child(run_dir, attempt, quiet=cfg.log.quiet)
+        return train(cfg, run_dir, quiet=cfg.log.quiet)
     except EarlierRunKept as error:  # leave that run's folder as it is
         log.error("vae-bench: error: %s", error)
-        return None
+        return {"status": jobs.KEPT, "error": str(error)}
     except USER_ERRORS as error:
         if multirun:  # one bad job must not end the sweep: record it where the report looks
             log.error("vae-bench: error: %s", error)
             record_failure(run_dir, error)
-            return None
+            return {"status": "failed", "error": str(error)}
         fail(error)
-    finish(summary, multirun)
-    return summary.get("test/elbo")
 
 
 def name_by_swept_keys(argv: list[str]) -> list[str]:
@@ -278,7 +290,9 @@ def hydra_train(argv: list[str]) -> None:
     check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
-    sys.argv = ["vae-bench train", *add_override(name_by_swept_keys(argv), OUTPUT_DIR_CHECK)]
+    # Added in this order, the folder check runs before the sweep folder is announced.
+    argv = add_override(add_override(name_by_swept_keys(argv), SWEEP_PROGRESS), OUTPUT_DIR_CHECK)
+    sys.argv = ["vae-bench train", *argv]
     decorated()
 
 
@@ -313,6 +327,7 @@ def resume(argv: list[str]) -> None:
         summary = train(cfg, run_dir, resume=True, quiet=cfg.log.quiet)
     except USER_ERRORS as error:
         fail(error)
+    print(f"vae-bench: run folder: {run_dir}", flush=True)
     finish(summary, multirun=False)
 
 

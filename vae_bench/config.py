@@ -145,6 +145,9 @@ class TrainerConfig:
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch.set_num_threads; null keeps torch's default
+    # Share of the GPU's memory one run may allocate (torch.cuda.set_per_process_memory_fraction),
+    # so that several jobs of a sweep can share one GPU; null: no cap. Ignored on the CPU.
+    gpu_memory_fraction: float | None = None
     compile: bool = False
     precision: str = "fp32"
     on_nonfinite: str = "stop"
@@ -333,6 +336,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("threads", "max_steps_per_epoch"):
         if trainer[key] is not None:
             problems.at_least(f"trainer.{key}", trainer[key], 1)
+    fraction = trainer.gpu_memory_fraction
+    if fraction is not None and not 0 < fraction <= 1:
+        problems.add("trainer.gpu_memory_fraction", f"trainer.gpu_memory_fraction={fraction} "
+                     "must be in (0, 1] (the share of the GPU's memory one run may use), or null "
+                     "for no cap")
 
     model = cfg.model
     problems.at_least("model.latent_dim", model.latent_dim, 1)

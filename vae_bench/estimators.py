@@ -6,10 +6,12 @@ it is not the reconstruction of the posterior mean.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from vae_bench.data import to_float
 from vae_bench.likelihoods import log_likelihood
@@ -62,16 +64,26 @@ def iwae_nll_batch(model: VAE, x: Tensor, k: int, chunk: int,
     return iwae_nll(sample_log_weights, k, chunk)
 
 
+def examples_bar(count: int, batch_size: int, desc: str, progress: bool) -> Iterator[int]:
+    """The start index of each batch, counting examples on a progress bar when `progress`."""
+    with tqdm(total=count, desc=desc, unit="ex", leave=False, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, count, batch_size):
+            yield start
+            bar.update(min(batch_size, count - start))
+
+
 @torch.no_grad()
 def evaluate(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool,
-             generator: torch.Generator) -> dict[str, Tensor]:
+             generator: torch.Generator, progress: bool = False) -> dict[str, Tensor]:
     """Test-set means of ELBO, reconstruction and KL, with sampled z; plus per-example posterior
-    means and per-dimension KL for latent-usage statistics. Values stay on the device."""
+    means and per-dimension KL for latent-usage statistics. Values stay on the device.
+    `progress` shows a bar on stderr."""
     model.eval()
     sums = torch.zeros(3, device=images_u8.device, dtype=torch.float64)
     posterior_means, posterior_logvars = [], []
     kl_per_dim_sum = torch.zeros(model.latent_dim, device=images_u8.device, dtype=torch.float64)
-    for start in range(0, len(images_u8), batch_size):
+    for start in examples_bar(len(images_u8), batch_size, "test", progress):
         x = to_float(images_u8[start:start + batch_size], binarize, generator)
         terms = elbo_terms(model, x, generator)
         elbo = -(terms.recon_nll + terms.kl)
@@ -93,10 +105,11 @@ def evaluate(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool,
 
 @torch.no_grad()
 def evaluate_iwae(model: VAE, images_u8: Tensor, batch_size: int, binarize: bool, k: int,
-                  chunk: int, generator: torch.Generator) -> Tensor:
+                  chunk: int, generator: torch.Generator, progress: bool = False) -> Tensor:
+    """−log p(x) averaged over the images; `progress` shows a bar on stderr."""
     model.eval()
     total = torch.zeros((), device=images_u8.device, dtype=torch.float64)
-    for start in range(0, len(images_u8), batch_size):
+    for start in examples_bar(len(images_u8), batch_size, f"IWAE k={k}", progress):
         x = to_float(images_u8[start:start + batch_size], binarize, generator)
         total += iwae_nll_batch(model, x, k, chunk, generator).sum().double()
     model.train()

@@ -65,6 +65,17 @@ def synthetic_sizes(dataset: DictConfig) -> dict[str, int]:
     return {f"synthetic_{key}": dataset[key] for key in keys if key in dataset}
 
 
+def bound_gpu_memory(fraction: float | None, device: torch.device) -> None:
+    """Cap this process's share of the GPU's memory, so that several jobs of a sweep can share
+    one GPU without one of them taking the memory the others need."""
+    if fraction is None:
+        return
+    if device.type != "cuda":
+        log.info("trainer.gpu_memory_fraction=%s ignored: the device is %s", fraction, device)
+        return
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
 def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
     sigma_head = list(model.encoder_sigma_head.parameters())
     others = [p for p in model.parameters() if all(p is not q for q in sigma_head)]
@@ -194,6 +205,8 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = pick_device(cfg.trainer.device)
+    bound_gpu_memory(cfg.trainer.gpu_memory_fraction, device)
+    log.info("device %s, %d CPU threads", device, torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.dataset.name, data_root(cfg), cfg.data.download,
                          **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
@@ -238,7 +251,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = Fa
             while run.state.epoch < cfg.trainer.epochs:
                 outcome = train_epoch(run, stop_request, quiet)
                 if outcome["status"] == "completed":
-                    outcome = end_epoch(run)
+                    outcome = end_epoch(run, quiet)
                 if outcome["status"] != "completed":
                     break
     except Exception as error:  # keep what was written, and say why the run ended
@@ -371,8 +384,9 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
     return status
 
 
-def end_epoch(run: Run) -> dict:
-    """Evaluate on the test split (sampled z), log, and checkpoint; returns the run's status."""
+def end_epoch(run: Run, quiet: bool = False) -> dict:
+    """Evaluate on the test split (sampled z), log, and checkpoint; returns the run's status.
+    Unless `quiet`, progress bars show the evaluations (IWAE with k=1000 takes minutes)."""
     cfg, state = run.cfg, run.state
     state.epoch += 1
     state.batch_in_epoch = 0
@@ -381,13 +395,13 @@ def end_epoch(run: Run) -> dict:
     run.tracker.epoch_seconds.append(state.epoch_seconds)
     eval_generator = torch.Generator(run.device).manual_seed(cfg.seed + 2)
     results = evaluate(run.model, run.test_images, cfg.eval.batch_size, cfg.dataset.binarize,
-                       eval_generator)
+                       eval_generator, progress=not quiet)
     scalars = {tag: results[tag].item() for tag in ("test/elbo", "test/recon_nll", "test/kl")}
     scalars["train/epoch_seconds"] = state.epoch_seconds
     scalars["train/examples_per_s"] = state.epoch_examples_per_s
     iwae_due = cfg.eval.iwae_every and state.epoch % cfg.eval.iwae_every == 0
     if state.epoch == cfg.trainer.epochs or iwae_due:
-        scalars["test/nll_iwae"] = iwae_nll(run)
+        scalars["test/nll_iwae"] = iwae_nll(run, quiet)
     scalars.update(bits_per_dim_scalars(run, scalars))
     if not all(math.isfinite(value) for value in scalars.values()):
         # Finite steps can still leave a model whose test metrics overflow (SGD at lr=1 does):
@@ -418,14 +432,14 @@ def bits_per_dim_scalars(run: Run, scalars: dict) -> dict:
     return bpd
 
 
-def iwae_nll(run: Run) -> float:
+def iwae_nll(run: Run, quiet: bool = False) -> float:
     cfg = run.cfg
     images = run.test_images[:cfg.eval.iwae_max_examples or None]
     generator = torch.Generator(run.device).manual_seed(cfg.seed + 3)
     rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, cfg.eval.iwae_k))
     start = time.perf_counter()
     value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, cfg.eval.iwae_k,
-                          cfg.eval.iwae_chunk, generator).item()
+                          cfg.eval.iwae_chunk, generator, progress=not quiet).item()
     run.state.iwae_seconds = time.perf_counter() - start
     return value
 
@@ -451,6 +465,7 @@ def finish(run: Run, outcome: dict) -> dict:
     tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS,
                     varied_hparams(run.run_dir))
     fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
+              "train/threads": torch.get_num_threads(),
               **{k: v for k, v in outcome.items() if k != "status"}}
     if state.examples_per_s:
         fields["train/examples_per_s"] = statistics.median(state.examples_per_s)

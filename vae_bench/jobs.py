@@ -1,0 +1,250 @@
+"""Sweep jobs: each job trains in a child process, and the sweep says where it is and how it went.
+
+A launcher worker (joblib's loky process, submitit's job process) runs the task function; if the
+training itself ran in that process, the kernel's OOM killer (SIGKILL) would take the worker down
+and joblib would abort every other job of the sweep. So in a multirun the task function starts
+the training as a child (`python -m vae_bench.jobs <run folder> …`) and waits for it: a child
+killed by a signal is recorded as `killed` in its summary.json and the sweep goes on. The child
+reads the config the parent saved to the run folder, and its memory (data set, model, CUDA
+context) goes back to the system when it exits, so a worker never accumulates jobs' data.
+
+Every job also appends one line to the sweep's journal (`JOURNAL`), from which `SweepProgress`
+prints the sweep's closing line: how many jobs completed, diverged, failed, were interrupted or
+killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import site
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+import vae_bench
+from vae_bench.tracking import SUMMARY_FILE, atomic_write_text
+
+JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
+ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
+KEPT = "kept"  # the job's folder held a run it must not overwrite (see cli.EarlierRunKept)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's job log
+
+log = logging.getLogger("vae_bench")
+
+
+# ---- the parent: the launcher's task function ----------------------------------------------
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def child_environment() -> dict[str, str]:
+    """The parent's environment, with this vae_bench first on the path: the child must run the
+    code the parent runs, not another installed copy."""
+    env = dict(os.environ)
+    root = str(Path(vae_bench.__file__).resolve().parent.parent)
+    site_dirs = {*site.getsitepackages(), site.getusersitepackages()}
+    if root not in site_dirs:  # a site dir ahead of the standard library could shadow it
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+@contextmanager
+def forwarding_stop_signals(child: subprocess.Popen) -> Iterator[None]:
+    """SIGINT/SIGTERM sent to the waiting parent (SLURM's time-limit warning goes to the job's
+    process, not its children) reach the child, which checkpoints and ends `interrupted`."""
+    def forward(signum, frame):
+        with suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: the child still gets terminal signals itself
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def train_in_child(run_dir: Path, attempt: str | None, quiet: bool) -> dict:
+    """Train the run whose config.yaml is in `run_dir` in a child process and return its
+    summary; a child ended by a signal before it could write its end is marked `killed`."""
+    command = [sys.executable, "-m", "vae_bench.jobs", str(run_dir),
+               "--attempt", attempt or "new", "--parent", str(os.getpid())]
+    if quiet:
+        command.append("--quiet")
+    child = subprocess.Popen(command, env=child_environment())
+    with forwarding_stop_signals(child):
+        returncode = child.wait()
+    summary = read_summary(run_dir)
+    if summary.get("status") not in (None, "running"):
+        return {**summary, "pid": summary.get("pid", child.pid)}
+    if returncode < 0:
+        return mark_killed(run_dir, summary, child.pid, signal.Signals(-returncode).name)
+    error = (f"the training process {child.pid} exited with code {returncode} without "
+             "recording how the run ended; see train.log")
+    log.error("%s: %s", run_dir, error)
+    summary = {**summary, "status": "failed", "error": error}
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return {**summary, "pid": child.pid}
+
+
+def mark_killed(run_dir: Path, summary: dict, pid: int, signal_name: str) -> dict:
+    """The summary keeps the last values the run wrote (they are from its last epoch)."""
+    summary = {**summary, "status": "killed", "signal": signal_name, "pid": pid,
+               "host": socket.gethostname()}
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    log.error("%s: the training process %d was killed (%s; out of memory?); the sweep goes "
+              "on. Run the same command with hydra.sweep.dir=%s to finish it, or "
+              "`vae-bench resume %s`.", run_dir, pid, signal_name, run_dir.parent, run_dir)
+    return summary
+
+
+def record_job(sweep_dir: Path, run_dir: Path, summary: dict) -> None:
+    """One line per job in the sweep's journal (appends of one short line do not interleave)."""
+    line = {"job": run_dir.name, "status": summary.get("status"),
+            "skipped": bool(summary.get("skipped")), "pid": summary.get("pid")}
+    try:
+        with open(sweep_dir / JOURNAL, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+    except OSError as error:  # the closing line then undercounts; the runs themselves are fine
+        log.warning("could not record the job in %s: %s", sweep_dir / JOURNAL, error)
+
+
+# ---- the child: one training run ------------------------------------------------------------
+
+
+def stop_when_parent_dies(parent_pid: int) -> None:
+    """If the parent is killed (joblib then aborts the sweep), SIGTERM the child too: it
+    checkpoints and ends `interrupted` instead of training on, orphaned. Linux only."""
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+OOM_SCORE_BIAS = 100  # a tenth of the memory limit, in the kernel's badness units
+
+
+def prefer_as_oom_victim() -> None:
+    """Make the OOM killer pick this training process before its parent, the launcher's
+    worker: with small data sets the two are of similar size (both hold PyTorch's libraries),
+    and killing the worker would make joblib abort the whole sweep. Raising one's own score
+    needs no privilege; Linux only."""
+    path = Path("/proc/self/oom_score_adj")
+    with suppress(OSError, ValueError):
+        path.write_text(str(min(1000, int(path.read_text()) + OOM_SCORE_BIAS)))
+
+
+def child_main(argv: list[str]) -> None:
+    from vae_bench.cli import USER_ERRORS, record_failure
+    from vae_bench.train import train
+
+    parser = argparse.ArgumentParser(prog="python -m vae_bench.jobs",
+                                     description="one sweep job's training (internal)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--attempt", choices=("new", "resume", "start over"), default="new")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    stop_when_parent_dies(args.parent)
+    prefer_as_oom_victim()
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
+                        handlers=[console, logging.FileHandler(args.run_dir / "train.log")])
+    # The parent saved the resolved config (or checked that an earlier attempt's is this one).
+    cfg = OmegaConf.load(args.run_dir / "config.yaml")
+    try:
+        train(cfg, args.run_dir, resume=args.attempt == "resume", quiet=args.quiet,
+              start_over=args.attempt == "start over")
+    except USER_ERRORS as error:
+        log.error("vae-bench: error: %s", error)
+        record_failure(args.run_dir, error)
+    except Exception:  # train() recorded it as failed; the traceback belongs in train.log
+        log.exception("training failed")
+        sys.exit(1)
+
+
+# ---- the sweep's first and last lines -------------------------------------------------------
+
+
+def sweep_folder(config: DictConfig) -> Path | None:
+    try:
+        return Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    except Exception:  # not resolvable: Hydra reports that itself
+        return None
+
+
+def read_journal(sweep_dir: Path) -> list[dict]:
+    path = sweep_dir / JOURNAL
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def closing_line(sweep_dir: Path, entries: list[dict]) -> str:
+    counts = Counter(entry["status"] for entry in entries)
+    parts = [f"{counts[ending]} {ending}" for ending in ENDINGS]
+    parts += [f"{count} {status}" for status, count in sorted(counts.items())
+              if status not in (*ENDINGS, KEPT)]
+    line = f"vae-bench: sweep finished, {len(entries)} jobs: {', '.join(parts)}"
+    notes = []
+    skipped = sum(entry["skipped"] for entry in entries)
+    if skipped:
+        notes.append(f"{skipped} of them done before, skipped")
+    if counts[KEPT]:
+        notes.append(f"{counts[KEPT]} left untouched (their folders hold other runs)")
+    line += f" ({'; '.join(notes)})" if notes else ""
+    line += f"\nvae-bench: sweep folder: {sweep_dir}"
+    if counts["interrupted"] + counts["killed"] + counts["failed"]:
+        line += ("\nvae-bench: the same command with hydra.sweep.dir=<sweep folder> resumes "
+                 "the interrupted and killed jobs and retries the failed ones")
+    return line
+
+
+class SweepProgress(Callback):
+    """Prints the sweep folder when a multirun starts, and how its jobs ended when it ends.
+    Printed, not logged: `log.quiet=true` hides the log but never these lines."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = sweep_folder(config)
+        if folder is None:
+            return
+        with suppress(OSError):  # a folder that cannot be written is OutputDirCheck's message
+            (folder / JOURNAL).unlink(missing_ok=True)  # count this sweep's jobs only
+        print(f"vae-bench: sweep folder: {folder}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = sweep_folder(config)
+        if folder is not None:
+            print(closing_line(folder, read_journal(folder)), flush=True)
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
