@@ -312,47 +312,81 @@ def final_metrics_figure(report: GroupReport, out: Path) -> Path:
     return save_figure(figure, out / f"final_{report.slug}.png")
 
 
+def frontier_panels(rows) -> list[tuple[str, list]]:
+    """One panel per optimizer when the settings name one (`optim=sgd,…`): the two learning-rate
+    scales differ by orders of magnitude, and one axis would crowd 14 lines."""
+    def optimizer(row) -> str:
+        return next((item for item in row.variant.split(",") if item.startswith("optim=")), "")
+
+    names = sorted({optimizer(row) for row in rows})
+    return [(name, [row for row in rows if optimizer(row) == name]) for name in names]
+
+
+def frontier_floor(rows) -> float | None:
+    """The lowest ELBO the y-axis shows. An lr far past a map's useful range can leave a finite
+    but absurd ELBO (−7e12 nats), which would flatten every other line; such points are drawn
+    at the bottom edge as ▼ instead. The floor is three times the distance from the best mean
+    ELBO to the median one below it, so the range where the maps train stays readable."""
+    means = [c.mean_elbo for row in rows for c in row.cells if c.mean_elbo is not None]
+    if len(means) < 3:
+        return None
+    best, median = max(means), float(np.median(means))
+    return best - 3 * max(best - median, 1.0) if min(means) < best - 3 * (best - median) else None
+
+
 def frontier_figure(report: GroupReport, out: Path) -> Path:
-    """Final test ELBO (mean over completed seeds) against lr, one line per setting. Filled
-    marker: every seed completed at that lr; open: some did not. × at the bottom: a diverged
-    run, with diverged/runs beside it (a diverged run has no final ELBO to plot)."""
+    """Final test ELBO (mean over completed seeds) against lr, one line per setting, one panel
+    per optimizer. Filled marker: every seed completed at that lr; open: some did not. ▼ at the
+    bottom edge: a mean ELBO below the axis (its value beside it). × below the axis: diverged
+    runs at that lr, with diverged/runs (a diverged run has no final ELBO to plot)."""
     from matplotlib.ticker import NullLocator
     from matplotlib.transforms import blended_transform_factory
 
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    bottom = blended_transform_factory(axis.transData, axis.transAxes)
-    rows = report.frontier
-    lrs = sorted({cell.lr for row in rows for cell in row.cells})
-    for index, (row, color) in enumerate(zip(rows, colors(len(rows)))):
-        points = [c for c in row.cells if c.mean_elbo is not None]
-        axis.plot([c.lr for c in points], [c.mean_elbo for c in points], color=color, lw=1.2,
-                  label=f"{row.variant} (seeds={row.seeds})")
-        for cell in points:
-            axis.plot([cell.lr], [cell.mean_elbo], "o", ms=7, color=color,
-                      mfc=color if cell.stable else "white")
-        height = 0.03 + 0.045 * index  # settings stacked, so their crosses do not hide each other
-        for cell in (c for c in row.cells if c.diverged):
-            axis.plot([cell.lr], [height], "x", ms=8, mew=2, color=color, transform=bottom,
-                      clip_on=False)
-            axis.text(cell.lr, height, f" {cell.diverged}/{len(cell.runs)}", color=color,
-                      fontsize="x-small", va="center", transform=bottom)
-    axis.plot([], [], "kx", ms=8, mew=2, ls="none", label="diverged runs/runs at that lr")
-    axis.plot([], [], "ko", mfc="white", ls="none", label="mean of the seeds that completed")
-    axis.set_xscale("log")
-    axis.set_xticks(lrs, [plain_number(lr) for lr in lrs],
-                    rotation=0 if len(lrs) <= 8 else 45)
-    axis.xaxis.set_minor_locator(NullLocator())
-    if len(lrs) == 1:
-        axis.set_xlim(lrs[0] / 3, lrs[0] * 3)
-    plain_linear(axis.yaxis)
-    ymin, ymax = axis.get_ylim()
-    axis.set_ylim(ymin - 0.15 * (ymax - ymin) * (1 + len(rows) / 4), ymax)  # room for the ×s
-    axis.set_xlabel("learning rate (optim.lr)")
-    axis.set_ylabel("final test ELBO (nats), mean over seeds")
-    axis.set_title(f"{report.name}\nstability frontier: filled = every seed completed",
-                   fontsize="small")
-    legend(axis, len(rows) + 2)
+    panels = frontier_panels(report.frontier)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.4),
+                                layout="constrained", squeeze=False)
+    floor = frontier_floor(report.frontier)
+    lrs = sorted({cell.lr for row in report.frontier for cell in row.cells})
+    for axis, (panel, rows) in zip(axes[0], panels):
+        bottom = blended_transform_factory(axis.transData, axis.transAxes)
+        for index, (row, color) in enumerate(zip(rows, colors(len(rows)))):
+            label = ",".join(i for i in row.variant.split(",") if i != panel) or row.variant
+            points = [c for c in row.cells if c.mean_elbo is not None]
+            shown = [max(c.mean_elbo, floor) if floor is not None else c.mean_elbo
+                     for c in points]
+            axis.plot([c.lr for c in points], shown, color=color, lw=1.2,
+                      label=f"{label} (seeds={row.seeds})")
+            for cell, value in zip(points, shown):
+                off_scale = floor is not None and cell.mean_elbo < floor
+                axis.plot([cell.lr], [value], "v" if off_scale else "o", ms=7, color=color,
+                          mfc=color if cell.stable else "white", clip_on=False)
+            height = 0.025 + 0.03 * index  # a band at the bottom, one row per setting
+            for cell in (c for c in row.cells if c.diverged):
+                axis.plot([cell.lr], [height], "x", ms=7, mew=2, color=color,
+                          transform=bottom, clip_on=False)
+        axis.set_xscale("log")
+        axis.set_xticks(lrs, [plain_number(lr) for lr in lrs], rotation=45, fontsize="small")
+        axis.xaxis.set_minor_locator(NullLocator())
+        if len(lrs) == 1:
+            axis.set_xlim(lrs[0] / 3, lrs[0] * 3)
+        plain_linear(axis.yaxis)
+        low, top = axis.get_ylim()
+        low = floor if floor is not None else low
+        band = 0.03 * (len(rows) + 1)  # the bottom share of the axis that holds the ×s
+        axis.set_ylim(low - band / (1 - band) * (top - low), top)
+        axis.set_yticks([tick for tick in axis.get_yticks() if low <= tick <= top])
+        axis.axhline(low, color="0.7", lw=0.8, ls=":")
+        axis.set_xlabel("learning rate (optim.lr); × at the bottom: diverged runs at that lr")
+        axis.set_ylabel("final test ELBO (nats), mean over seeds")
+        axis.set_title(panel or report.name, fontsize="small")
+        axis.plot([], [], "kx", ms=7, mew=2, ls="none", label="some seed diverged")
+        axis.plot([], [], "ko", mfc="white", ls="none", label="not every seed completed")
+        if floor is not None:
+            axis.plot([], [], "kv", ls="none", label=f"mean ELBO below {floor:.0f}")
+        legend(axis, len(rows) + 3)
+    figure.suptitle(f"{report.name}: stability frontier (filled = every seed completed)",
+                    fontsize="small")
     return save_figure(figure, out / f"frontier_{report.slug}.png")
 
 
