@@ -96,7 +96,7 @@ def test_lr_stability_sweeps_both_optimizers_over_a_quarter_decade_grid() -> Non
     cfg = compose_with_hydra([experiment("lr_stability")])
     assert sweep_values(cfg, "optim") == ["sgd", "adam"]
     lrs = [float(v) for v in sweep_values(cfg, "optim.lr")]
-    assert lrs[0] == 1e-3 and lrs[-1] == 10.0
+    assert lrs[0] == 1e-3 and lrs[-1] == 100.0
     steps = [math.log10(b / a) for a, b in zip(lrs[:-1], lrs[1:])]
     assert all(step == pytest.approx(0.25, abs=2e-3) for step in steps), steps
     assert (cfg.trainer.epochs, cfg.trainer.max_steps_per_epoch) == (1, 200)
