@@ -81,7 +81,8 @@ def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
                                torch.tensor([0.0, 0.01, 0.5, 0.99], dtype=torch.float64)).exp()
     return {
         "run": run_dir.name,
-        "variant": run_dir.name.rsplit(",seed=", 1)[0],
+        "variant": ",".join(item for item in run_dir.name.split(",")
+                            if not item.startswith("seed=")),
         "status": summary.get("status"),
         "likelihood": cfg.likelihood.name,
         "sigma_map": cfg.likelihood.param if cfg.likelihood.name != "gaussian_fixed" else None,
