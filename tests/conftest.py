@@ -34,6 +34,14 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`vae-bench <args>` started in the background, for tests that signal it while it runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "vae_bench", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Scalars as TensorBoard itself reads them from the run folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

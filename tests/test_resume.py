@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import event_scalars
+from conftest import event_scalars, start_cli
 
 from vae_bench import checkpoints
 from vae_bench.tracking import Tracker, read_metrics
@@ -47,13 +47,6 @@ TIMEOUT = 300
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "vae_bench", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -124,32 +117,33 @@ def duplicated_pairs(run_dir: Path) -> list[tuple[int, str]]:
 def sigterm_then_sigkill(folder: Path, stages: dict) -> None:
     """SIGTERM mid-epoch 2 and resume from there; SIGKILL a few steps later, resume again."""
     run = folder / "term_kill"
-    stages["sigterm"] = signal_after(start(["train", *ARGS, f"hydra.run.dir={run}"], folder),
+    stages["sigterm"] = signal_after(start_cli(["train", *ARGS, f"hydra.run.dir={run}"], folder),
                                      run, 1, signal.SIGTERM)
     stages["sigterm_checkpoint"] = checkpoint_state(run)
-    stages["sigkill"] = signal_after(start(["resume", str(run)], folder), run, 1, signal.SIGKILL)
+    stages["sigkill"] = signal_after(start_cli(["resume", str(run)], folder), run, 1,
+                                     signal.SIGKILL)
     stages["sigkill_checkpoint"] = checkpoint_state(run)
-    stages["resumed"] = finish(start(["resume", str(run)], folder), run)
+    stages["resumed"] = finish(start_cli(["resume", str(run)], folder), run)
 
 
 def sigint_then_corrupt(folder: Path, stages: dict) -> None:
     """SIGINT mid-epoch 2; cut last.pt short; resume: it falls back to previous.pt, the end of
     epoch 1."""
     run = folder / "int_corrupt"
-    stages["sigint"] = signal_after(start(["train", *ARGS, f"hydra.run.dir={run}"], folder),
+    stages["sigint"] = signal_after(start_cli(["train", *ARGS, f"hydra.run.dir={run}"], folder),
                                     run, 1, signal.SIGINT)
     stages["sigint_checkpoint"] = checkpoint_state(run)
     stages["previous_checkpoint"] = checkpoint_state(run, checkpoints.PREVIOUS)
     last = run / checkpoints.CHECKPOINT_DIR / checkpoints.LAST
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write cut short
-    stages["resumed"] = finish(start(["resume", str(run)], folder), run)
+    stages["resumed"] = finish(start_cli(["resume", str(run)], folder), run)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("resume")
     baseline_dir = folder / "uninterrupted"
-    baseline = start(["train", *ARGS, f"hydra.run.dir={baseline_dir}"], folder)
+    baseline = start_cli(["train", *ARGS, f"hydra.run.dir={baseline_dir}"], folder)
     chains = {"term_kill": (sigterm_then_sigkill, {}), "int_corrupt": (sigint_then_corrupt, {})}
     errors = []
 
@@ -301,7 +295,7 @@ def test_joblib_sweep_keeps_the_other_jobs_when_one_is_terminated(tmp_path: Path
             "log.every_steps=4", "trainer.threads=1", "seed=0,1,2,3", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
-    proc = start(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     target = sweep / "seed=1"
     deadline = time.monotonic() + TIMEOUT
     while proc.poll() is None and time.monotonic() < deadline:

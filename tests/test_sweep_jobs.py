@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_config, run_cli
+from conftest import TINY, compose_config, run_cli, start_cli
 
 import vae_bench.cli
 import vae_bench.train as train_module
@@ -38,13 +38,6 @@ def summary_of(run_dir: Path) -> dict:
 def logged(run_dir: Path) -> bool:
     path = run_dir / "metrics.jsonl"
     return path.is_file() and bool(path.read_text().strip())
-
-
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "vae_bench", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def parent_of(pid: int) -> int:
