@@ -55,7 +55,8 @@ def sigma_x_of(model: VAE, cfg, images_u8: torch.Tensor, batch: int = 1000) -> t
 def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     summary = json.loads((run_dir / "summary.json").read_text())
-    if needs_sigma_output(cfg.likelihood.name) is None or not checkpoints.exists(run_dir):
+    learned_sigma = needs_sigma_output(cfg.likelihood.name, cfg.likelihood) is not None
+    if not learned_sigma or not checkpoints.exists(run_dir):
         return None
     key = (cfg.dataset.name, str(data_root(cfg)))
     if key not in splits_cache:

@@ -278,3 +278,11 @@ def test_each_out_of_range_value_is_refused_on_its_own(override: str) -> None:
 
 def test_defaults_pass_validation() -> None:
     validate(compose_config(SYNTHETIC))
+
+
+def test_unknown_scale_mode_of_a_discretized_likelihood_is_refused() -> None:
+    cfg = compose_config([*SYNTHETIC, "likelihood=discretized_logistic",
+                          "likelihood.scale=per_pixel"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert "likelihood.scale='per_pixel' is not one of: pixel, shared, fixed" in str(info.value)

@@ -302,3 +302,31 @@ def test_no_download_when_the_files_are_there(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(torchvision.datasets, "MNIST", must_not_run)
     write_idx_set(tmp_path, gz=True)
     assert load_splits("mnist", tmp_path, download=True).test.shape == (3, 1, 28, 28)
+
+
+def test_a_cifar_copy_is_labelled_by_its_checksums(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    import vae_bench.data as data
+
+    write_cifar(tmp_path)
+    assert data.dataset_label("cifar10", tmp_path) == \
+        "CIFAR-10 (a modified copy: not the original files)"
+    folder = tmp_path / "cifar-10-batches-py"
+    these = {name: hashlib.md5((folder / name).read_bytes()).hexdigest()
+             for name in data.CIFAR_ORIGINAL_MD5}
+    monkeypatch.setattr(data, "CIFAR_ORIGINAL_MD5", these)
+    assert data.dataset_label("cifar10", tmp_path) == "CIFAR-10"
+    monkeypatch.setattr(data, "CIFAR_ORIGINAL_MD5", {})
+    monkeypatch.setattr(data, "CIFAR_JPEG_MD5", these)
+    assert data.dataset_label("cifar10", tmp_path) == "CIFAR-10 (JPEG re-encoding)"
+    assert data.dataset_label("fashion_mnist", tmp_path) == "Fashion-MNIST"
+
+
+def test_the_shared_cifar_copy_is_labelled_a_jpeg_re_encoding() -> None:
+    root = Path(os.environ.get("VAE_BENCH_DATA", "/nonexistent")) / "CIFAR10-JPEG"
+    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("the CIFAR-10 JPEG copy is not here (set VAE_BENCH_DATA)")
+    from vae_bench.data import dataset_label
+
+    assert dataset_label("cifar10", root) == "CIFAR-10 (JPEG re-encoding)"

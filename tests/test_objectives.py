@@ -35,8 +35,9 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def likelihood_opts(param: str = "softplus_std", sigma: float = 0.3) -> SimpleNamespace:
-    return SimpleNamespace(**vars(DEFAULT_OPTIONS), sigma=sigma, param=param)
+def likelihood_opts(param: str = "softplus_std", sigma: float = 0.3,
+                    scale: str = "pixel") -> SimpleNamespace:
+    return SimpleNamespace(**vars(DEFAULT_OPTIONS), sigma=sigma, param=param, scale=scale)
 
 
 def random_pixels(g: torch.Generator) -> Tensor:
@@ -164,7 +165,8 @@ def test_likelihood_shape_and_mean_image(name: str) -> None:
     x = random_pixels(g)
     mean_out = torch.randn(B, D, generator=g) * 5
     s_x = {None: None, "shared": torch.zeros(()), "pixel": torch.zeros(B, D)}
-    out = log_likelihood(name, x, mean_out, s_x[needs_sigma_output(name)], likelihood_opts())
+    opts = likelihood_opts()
+    out = log_likelihood(name, x, mean_out, s_x[needs_sigma_output(name, opts)], opts)
     assert out.shape == (B,)
     assert torch.all(torch.isfinite(out))
     image = mean_image(name, mean_out)
@@ -179,14 +181,21 @@ def test_continuous_bernoulli_mean_image_is_distribution_mean() -> None:
 
 
 def test_needs_sigma_output() -> None:
-    got = {name: needs_sigma_output(name) for name in LIKELIHOOD_NAMES}
+    got = {name: needs_sigma_output(name, likelihood_opts()) for name in LIKELIHOOD_NAMES}
     assert got == {
         "bernoulli": None,
         "continuous_bernoulli": None,
         "gaussian_fixed": None,
         "gaussian_shared": "shared",
         "gaussian_pixel": "pixel",
+        "discretized_gaussian": "pixel",
+        "discretized_logistic": "pixel",
     }
+    for scale, output in (("pixel", "pixel"), ("shared", "shared"), ("fixed", None)):
+        opts = likelihood_opts(scale=scale)
+        assert needs_sigma_output("discretized_logistic", opts) == output
+    with pytest.raises(ValueError, match="likelihood.scale='per_pixel' is not one of"):
+        needs_sigma_output("discretized_gaussian", likelihood_opts(scale="per_pixel"))
 
 
 def test_unknown_likelihood_lists_names() -> None:
@@ -194,7 +203,7 @@ def test_unknown_likelihood_lists_names() -> None:
     for call in (
         lambda: log_likelihood("gauss", x, x, None, likelihood_opts()),
         lambda: mean_image("gauss", x),
-        lambda: needs_sigma_output("gauss"),
+        lambda: needs_sigma_output("gauss", likelihood_opts()),
     ):
         with pytest.raises(ValueError) as info:
             call()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import event_scalars, run_cli
+from conftest import compose_config, event_scalars, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -319,3 +319,24 @@ def test_running_a_sweep_again_into_its_folder_finishes_it(tmp_path: Path) -> No
     assert json.loads((other / "summary.json").read_text()) == {"status": "interrupted"}
     assert "holds an unfinished run of another config" in log
     assert json.loads((sweep / "seed=4" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_run_started_before_a_new_config_key_is_the_same_run(tmp_path: Path) -> None:
+    """A sweep cut short continues under a newer vae-bench: keys the schema gained since then
+    take their defaults; verbosity does not count; any value that computes differently does."""
+    from omegaconf import OmegaConf
+
+    from vae_bench.config import same_run_config
+
+    current = compose_config(TINY)
+    saved = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+    assert same_run_config(saved, current)
+    del saved.eval["iwae_max_examples"]  # as if written before that key existed
+    assert same_run_config(saved, current)
+    saved.log.quiet = not current.log.quiet
+    assert same_run_config(saved, current)
+    saved.optim.lr = current.optim.lr * 2
+    assert not same_run_config(saved, current)
+    unknown = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+    unknown.trainer["retired_key"] = 1
+    assert not same_run_config(unknown, current)

@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import ConfigError, config_dir, register_configs, run_schema, validate
+from vae_bench.config import (
+    ConfigError,
+    config_dir,
+    register_configs,
+    run_schema,
+    same_run_config,
+    validate,
+)
 from vae_bench.data import DataError
 from vae_bench.tracking import atomic_write_text, process_gone
 
@@ -191,8 +198,7 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
                              "folder to train the job again.")
     saved_file = run_dir / "config.yaml"
     saved = OmegaConf.load(saved_file) if saved_file.is_file() else None
-    if saved is None or (OmegaConf.to_container(saved)
-                         != OmegaConf.to_container(cfg, resolve=True)):
+    if saved is None or not same_run_config(saved, cfg):
         raise EarlierRunKept(f"{run_dir} holds an unfinished run of another config; sweep into "
                              "another folder with `hydra.sweep.dir=…`, or continue that run "
                              f"with `vae-bench resume {run_dir}`.")

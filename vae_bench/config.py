@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from vae_bench.data import DATASET_NAMES
-from vae_bench.likelihoods import LIKELIHOOD_NAMES
+from vae_bench.likelihoods import LIKELIHOOD_NAMES, SCALE_MODES
 from vae_bench.parameterizations import SIGMA_MAPS
 
 MODEL_NAMES = ("mlp", "mlp_iwae", "conv")
@@ -119,6 +119,16 @@ class LearnedGaussianLikelihoodConfig(LikelihoodConfig):
 
 
 @dataclass
+class DiscretizedLikelihoodConfig(LearnedGaussianLikelihoodConfig):
+    """A probability per 8-bit pixel value. σₓ (the logistic's scale for discretized_logistic)
+    comes from a decoder head per pixel through the σ-map `param` (scale=pixel), from one learned
+    scalar through `param` (scale=shared), or is `sigma` (scale=fixed)."""
+
+    scale: str = "pixel"
+    sigma: float = 0.1  # read with scale=fixed only
+
+
+@dataclass
 class OptimConfig:
     name: str = MISSING
     lr: float = 1e-3
@@ -208,7 +218,9 @@ GROUP_SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
     "likelihood": (LikelihoodConfig, {
         "gaussian_fixed": FixedGaussianLikelihoodConfig,
         "gaussian_shared": LearnedGaussianLikelihoodConfig,
-        "gaussian_pixel": LearnedGaussianLikelihoodConfig}),
+        "gaussian_pixel": LearnedGaussianLikelihoodConfig,
+        "discretized_gaussian": DiscretizedLikelihoodConfig,
+        "discretized_logistic": DiscretizedLikelihoodConfig}),
     "optim": (OptimConfig, {"adam": AdamConfig, "sgd": SGDConfig}),
 }
 GROUP_CHOICES: dict[str, tuple[str, ...]] = {
@@ -242,6 +254,28 @@ def run_schema(config: DictConfig | dict) -> DictConfig:
         if isinstance(name, str):
             schema[group] = OmegaConf.structured(choice_schema(group, name))
     return schema
+
+
+# Keys that change how a run talks, not what it computes: a run may continue under other values.
+_VERBOSITY_KEYS = ("log.quiet",)
+
+
+def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
+    """Whether a run folder's saved config and this job's describe the same run. Keys added to
+    the schema since the run started take their defaults, so that a sweep cut short continues
+    under a newer vae-bench whose new keys default to the old behaviour."""
+    def comparable(config: DictConfig) -> dict:
+        merged = OmegaConf.to_container(OmegaConf.merge(run_schema(config), config),
+                                        resolve=True)
+        for key in _VERBOSITY_KEYS:
+            section, name = key.split(".")
+            merged[section].pop(name, None)
+        return merged
+
+    try:
+        return comparable(saved) == comparable(current)
+    except Exception:  # a key the schema no longer has, a value it no longer takes: not the same
+        return False
 
 
 def config_dir() -> Path:
@@ -372,6 +406,8 @@ def validate(cfg: DictConfig) -> None:
         problems.choice("likelihood.param", cfg.likelihood.param, tuple(SIGMA_MAPS))
     if "sigma" in cfg.likelihood:
         problems.positive("likelihood.sigma", cfg.likelihood.sigma)
+    if "scale" in cfg.likelihood:
+        problems.choice("likelihood.scale", cfg.likelihood.scale, SCALE_MODES)
     for prefix in ("param", "likelihood"):
         options = cfg[prefix]
         if "floor" in options:

@@ -10,6 +10,7 @@ one paragraph the user can act on.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -301,3 +302,47 @@ def _synthetic_images(n: int, channels: int, size: int,
         bump = torch.exp(-0.5 * ((along / length) ** 2 + (across / width) ** 2))
         images += colour * bump.unsqueeze(1)
     return images.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+# ---- what a result was measured on --------------------------------------------------------------
+
+# The original CIFAR-10 python batches (their md5, as torchvision lists them), and the JPEG
+# re-encoding kept in this project's shared data (same images, labels, order and split, lossy
+# pixels: its bits/dim are not comparable with published CIFAR-10 figures).
+CIFAR_ORIGINAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR_JPEG_MD5 = {
+    "data_batch_1": "ea16bddd9af0b27f6a5e4ba4d2adf0a3",
+    "data_batch_2": "4f9b252f32580af1612e4b2400c14e08",
+    "data_batch_3": "3d72a3e44a7254ae0a04e40edf008623",
+    "data_batch_4": "c598c2cb895302571500c8570cac16fc",
+    "data_batch_5": "a234f2b54383eb6d2de543d33f68d763",
+    "test_batch": "98b2033b30eca9a236ddb3957c45d9bf",
+}
+DATASET_LABELS = {
+    "mnist": "MNIST",
+    "binarized_mnist": "MNIST (dynamically binarized)",
+    "fashion_mnist": "Fashion-MNIST",
+    "synthetic": "synthetic images",
+}
+
+
+def dataset_label(name: str, root: str | os.PathLike) -> str:
+    """The data set's name as a result on it must be labelled. CIFAR-10 files are told apart by
+    their checksums: the original, the JPEG re-encoding, or another copy."""
+    if name != "cifar10":
+        return DATASET_LABELS[name]
+    folder = Path(root).expanduser() / CIFAR_FOLDER
+    found = {file: hashlib.md5(_read_bytes(folder / file)).hexdigest()
+             for file in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES}
+    if found == CIFAR_ORIGINAL_MD5:
+        return "CIFAR-10"
+    if found == CIFAR_JPEG_MD5:
+        return "CIFAR-10 (JPEG re-encoding)"
+    return "CIFAR-10 (a modified copy: not the original files)"

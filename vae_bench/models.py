@@ -100,7 +100,7 @@ class VAE(nn.Module):
         self.decoder_body = decoder_body
         self.decoder_mean_head = decoder_head()
 
-        sigma_output = needs_sigma_output(self.likelihood_name)
+        sigma_output = needs_sigma_output(self.likelihood_name, cfg.likelihood)
         if sigma_output == "pixel":
             self.decoder_sigma_head = decoder_head()
         elif sigma_output == "shared":

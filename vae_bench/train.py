@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vae_bench import checkpoints
 from vae_bench.config import ConfigError, data_root
-from vae_bench.data import load_splits, to_float
+from vae_bench.data import dataset_label, load_splits, to_float
 from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
 from vae_bench.likelihoods import CONTINUOUS_LIKELIHOODS
@@ -161,6 +161,7 @@ class Run:
     state: checkpoints.TrainState
     steps_per_epoch: int
     step_terms: Callable[[VAE, torch.Tensor], ElboTerms]
+    data_label: str  # what results are labelled with, e.g. "CIFAR-10 (JPEG re-encoding)"
 
     def save_checkpoint(self) -> None:
         self.state.tracker = self.tracker.state()
@@ -210,6 +211,9 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     torch.manual_seed(cfg.seed)
     splits = load_splits(cfg.dataset.name, data_root(cfg), cfg.data.download,
                          **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
+    data_label = dataset_label(cfg.dataset.name, data_root(cfg))
+    log.info("data: %s, %d train and %d test images", data_label, len(splits.train),
+             len(splits.test))
     model = VAE(cfg, splits.image_shape).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     order_generator = torch.Generator().manual_seed(cfg.seed)
@@ -237,7 +241,7 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
         steps_per_epoch = min(steps_per_epoch, cfg.trainer.max_steps_per_epoch)
     return Run(cfg, run_dir, device, splits.train.to(device), splits.test.to(device), model,
                optimizer, order_generator, binarize_generator, tracker, diagnostics, state,
-               steps_per_epoch, compiled_step_terms(cfg))
+               steps_per_epoch, compiled_step_terms(cfg), data_label)
 
 
 def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
@@ -464,7 +468,8 @@ def finish(run: Run, outcome: dict) -> dict:
         log.warning(message)
     tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS,
                     varied_hparams(run.run_dir))
-    fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
+    fields = {"step": state.step, "epoch": state.epoch, "data/label": run.data_label,
+              "eval/iwae_k": run.cfg.eval.iwae_k,
               "train/threads": torch.get_num_threads(),
               **{k: v for k, v in outcome.items() if k != "status"}}
     if state.examples_per_s:
