@@ -162,13 +162,13 @@ def test_the_tail_series_changes_nothing_where_it_is_not_needed() -> None:
     # On the CPU the tail series runs only when some bin lies 10 σₓ beyond its mean (a GPU always
     # runs it): a pixel gets the same value whether or not another pixel needed the series.
     x = LEVELS.float()
-    log_scale = torch.full((256,), math.log(0.05))
-    close = torch.full((256,), 0.5)  # at σₓ = 0.05 the end values are 10 σₓ away: the series runs
+    log_scale = torch.full((256,), math.log(0.03))
+    close = torch.full((256,), 0.5)  # at σₓ = 0.03 the end values are 16 σₓ away: the series runs
     near_only = torch.full((256,), 0.5)
     near_only_scale = torch.full((256,), math.log(0.2))  # ≤ 2.5 σₓ away: the series never runs
     alone = discretized_gaussian_log_prob(x, near_only, near_only_scale)
     together = discretized_gaussian_log_prob(torch.stack([x, x]), torch.stack([close, near_only]),
                                              torch.stack([log_scale, near_only_scale]))
     assert torch.equal(together[1], alone)
-    far_bins = (x - 0.5).abs() / 0.05 > 10.5
+    far_bins = (x - 0.5).abs() / 0.03 > 10.5
     assert far_bins.any()  # the first row did need the series
