@@ -334,6 +334,7 @@ def test_a_run_started_before_a_new_config_key_is_the_same_run(tmp_path: Path) -
     del saved.eval["iwae_max_examples"]  # as if written before that key existed
     assert same_run_config(saved, current)
     saved.log.quiet = not current.log.quiet
+    saved.data.download = not current.data.download
     assert same_run_config(saved, current)
     saved.optim.lr = current.optim.lr * 2
     assert not same_run_config(saved, current)

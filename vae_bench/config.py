@@ -256,8 +256,9 @@ def run_schema(config: DictConfig | dict) -> DictConfig:
     return schema
 
 
-# Keys that change how a run talks, not what it computes: a run may continue under other values.
-_VERBOSITY_KEYS = ("log.quiet",)
+# Keys that change how a run talks or fetches its data, not what it computes: a run may continue
+# under other values.
+_VERBOSITY_KEYS = ("log.quiet", "data.download")
 
 
 def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
