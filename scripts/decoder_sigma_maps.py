@@ -9,7 +9,8 @@ test set at the posterior mean, and writes:
   decoder_sigma.json  per run: the map's σₓ floor, the largest log-density one pixel can give
                       at that floor, σₓ percentiles over all test pixels, the share of pixel
                       values within 1% of the floor, and the log-density the always-zero pixels
-                      contribute, against the whole reconstruction term
+                      contribute, against the whole reconstruction term (for a discretized
+                      likelihood: log-probabilities, at most 0 per pixel)
   decoder_sigma.md    the same, one row per variant (mean over seeds)
   decoder_sigma.png   mean log10 σₓ per pixel, one panel per variant (first seed)
 
@@ -31,7 +32,7 @@ from omegaconf import OmegaConf
 from vae_bench import checkpoints
 from vae_bench.config import data_root
 from vae_bench.data import load_splits, to_float
-from vae_bench.likelihoods import needs_sigma_output
+from vae_bench.likelihoods import DISCRETIZED_LIKELIHOODS, needs_sigma_output
 from vae_bench.models import VAE
 from vae_bench.objectives import LOG_2PI
 from vae_bench.parameterizations import get_sigma_map
@@ -76,20 +77,26 @@ def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
     with torch.no_grad():
         mean = torch.sigmoid(model.decode(model.encode(to_float(splits.test, False)).mu)
                              .mean_out)
-    log_density = -0.5 * (LOG_2PI + 2 * log_sigma + (test_x - mean) ** 2 / torch.exp(2 * log_sigma))
+    if cfg.likelihood.name in DISCRETIZED_LIKELIHOODS:  # a log-probability per pixel, ≤ 0
+        log_density = DISCRETIZED_LIKELIHOODS[cfg.likelihood.name](test_x, mean, log_sigma)
+    else:
+        log_density = -0.5 * (LOG_2PI + 2 * log_sigma
+                              + (test_x - mean) ** 2 / torch.exp(2 * log_sigma))
     sigma = log_sigma.exp()
     quantiles = torch.quantile(log_sigma.flatten()[::97].double(),
                                torch.tensor([0.0, 0.01, 0.5, 0.99], dtype=torch.float64)).exp()
     return {
         "run": run_dir.name,
         "variant": ",".join(item for item in run_dir.name.split(",")
-                            if not item.startswith("seed=")),
+                            if not item.startswith(("seed=", "dataset="))),
         "status": summary.get("status"),
         "likelihood": cfg.likelihood.name,
-        "sigma_map": cfg.likelihood.param if cfg.likelihood.name != "gaussian_fixed" else None,
+        "dataset": cfg.dataset.name,
+        "sigma_map": cfg.likelihood.param,
         "sigma_floor": floor,
-        "max_log_density_per_pixel": (-math.log(floor) - 0.5 * LOG_2PI) if floor > 0
-        else math.inf,
+        # A probability is at most 1; a density at σₓ = floor peaks at 1/(floor·√(2π)).
+        "max_log_density_per_pixel": 0.0 if cfg.likelihood.name in DISCRETIZED_LIKELIHOODS
+        else (-math.log(floor) - 0.5 * LOG_2PI) if floor > 0 else math.inf,
         "sigma_x_min": sigma.min().item(),
         "sigma_x_p1_p50_p99": [float(q) for q in quantiles[1:]],
         "share_at_floor": (sigma <= floor * AT_FLOOR).double().mean().item() if floor > 0
@@ -117,9 +124,10 @@ def fmt(value, digits: int = 2) -> str:
 def table(rows: list[dict]) -> str:
     by_variant: dict[str, list[dict]] = {}
     for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row)
-    lines = ["| variant | σₓ floor | max log-density / pixel | σₓ p1 / p50 | share at floor | "
-             "background log-density | recon log-density | test ELBO | test bpd | seeds |",
+        by_variant.setdefault(f"{row['dataset']} {row['variant']}", []).append(row)
+    lines = ["| data set, variant | σₓ floor | max log-density / pixel | σₓ p1 / p50 | "
+             "share at floor | background log-density | recon log-density | test ELBO | "
+             "test bpd | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     def mean(runs: list[dict], key: str) -> float | None:
         values = [r[key] for r in runs if r[key] is not None]
@@ -138,28 +146,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_name(variant: str) -> str:
+    for prefix in ("variant=decoder_variance_", "variant=decoder_bounded_"):
+        variant = variant.replace(prefix, "")
+    return variant
+
+
 def figure(rows: list[dict], out: Path) -> None:
+    """One row of panels per data set, one panel per variant (its first seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    first = {}
+    first: dict[tuple[str, str], dict] = {}
     for row in sorted(rows, key=lambda r: r["run"]):
-        first.setdefault(row["variant"], row)
-    panels = sorted(first.items())
-    columns = min(4, len(panels))
-    rows_count = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows_count, columns, figsize=(3.2 * columns, 3.2 * rows_count),
+        first.setdefault((row["dataset"], row["variant"]), row)
+    datasets = sorted({dataset for dataset, _ in first})
+    variants = sorted({variant for _, variant in first})
+    if len(datasets) == 1:  # one data set: wrap its variants over rows of four
+        columns = min(4, len(variants))
+        places = {(datasets[0], v): divmod(i, columns) for i, v in enumerate(variants)}
+        rows_count = math.ceil(len(variants) / columns)
+    else:
+        columns, rows_count = len(variants), len(datasets)
+        places = {(d, v): (datasets.index(d), variants.index(v)) for d, v in first}
+    fig, axes = plt.subplots(rows_count, columns, figsize=(3.0 * columns, 3.2 * rows_count),
                              squeeze=False)
-    images = [torch.tensor(row["mean_log10_sigma_x"]) for _, row in panels]
-    low = min(float(image.min()) for image in images)
-    high = max(float(image.max()) for image in images)
+    images = {key: torch.tensor(row["mean_log10_sigma_x"]) for key, row in first.items()}
+    low = min(float(image.min()) for image in images.values())
+    high = max(float(image.max()) for image in images.values())
     for axis in axes.flat:
         axis.axis("off")
-    for axis, (variant, _), image in zip(axes.flat, panels, images):
+    for key, image in sorted(images.items()):
+        axis = axes[places[key]]
         shown = axis.imshow(image, vmin=low, vmax=high, cmap="viridis")
-        axis.set_title(variant.replace("variant=decoder_variance_", ""), fontsize=9)
+        axis.set_title(f"{key[0]}\n{short_name(key[1])}", fontsize=9)
     fig.colorbar(shown, ax=axes, shrink=0.8, label="mean log10 σₓ over the test set")
     fig.suptitle("Decoder σₓ per pixel (seed 0, z = posterior mean)")
     fig.savefig(out, dpi=110)
