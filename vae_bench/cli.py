@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import ConfigError, config_dir, register_configs, run_schema, validate
-from vae_bench.data import DataError
-from vae_bench.tracking import atomic_write_text, process_gone
+from vae_bench.config import config_dir, register_configs, run_schema, validate
+from vae_bench.errors import USER_ERRORS, record_failure
+from vae_bench.tracking import process_gone
 
 USAGE = """usage: vae-bench <command> [args]
 
@@ -44,7 +45,6 @@ examples:
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
-USER_ERRORS = (ConfigError, DataError, CheckpointError, PermissionError)
 
 log = logging.getLogger("vae_bench")
 
@@ -128,15 +128,6 @@ def add_override(argv: list[str], override: str) -> list[str]:
     first = next((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")),
                  len(argv))
     return [*argv[:first], override, *argv[first:]]
-
-
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "summary.json",
-                          json.dumps({"status": "failed", "error": str(error)}, indent=2) + "\n")
-    except OSError:  # an unwritable folder is the error itself; the log line above says so
-        pass
 
 
 def quiet_console() -> None:
@@ -286,14 +277,27 @@ def check_before_hydra(argv: list[str]) -> None:
         fail(error)
 
 
+def starts_jobs(argv: list[str]) -> bool:
+    """Whether this command line runs a sweep's jobs (not help, nor a printed config)."""
+    return bool({"-m", "--multirun"} & set(argv)) and not NO_JOBS_FLAGS & set(argv)
+
+
+NO_JOBS_FLAGS = {"-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "-sc",
+                 "--shell-completion", "-p", "--package"}
+
+
 def hydra_train(argv: list[str]) -> None:
     check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
     # Added in this order, the folder check runs before the sweep folder is announced.
     argv = add_override(add_override(name_by_swept_keys(argv), SWEEP_PROGRESS), OUTPUT_DIR_CHECK)
-    sys.argv = ["vae-bench train", *argv]
-    decorated()
+    # Started first, the zygote imports torch while Hydra composes the sweep.
+    with jobs.sweep_zygote() if starts_jobs(argv) else nullcontext() as address:
+        if address:  # through Hydra: each job's worker, wherever it runs, gets it in its env
+            argv = add_override(argv, f"++hydra.job.env_set.{jobs.ZYGOTE_ADDRESS}='{address}'")
+        sys.argv = ["vae-bench train", *argv]
+        decorated()
 
 
 def resume(argv: list[str]) -> None:

@@ -8,6 +8,11 @@ killed by a signal is recorded as `killed` in its summary.json and the sweep goe
 reads the config the parent saved to the run folder, and its memory (data set, model, CUDA
 context) goes back to the system when it exits, so a worker never accumulates jobs' data.
 
+A child is forked by the sweep's zygote (zygote.py), which the CLI starts when a multirun begins
+and which has imported torch and vae_bench once: a job then starts in milliseconds instead of
+seconds. Without a zygote (not Linux, `VAE_BENCH_JOB_START=spawn`, a worker on another host, or
+a zygote that refused or died) the child is a fresh interpreter, as before.
+
 Every job also appends one line to the sweep's journal (`JOURNAL`), from which `SweepProgress`
 prints the sweep's closing line: how many jobs completed, diverged, failed, were interrupted or
 killed.
@@ -35,12 +40,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import vae_bench
+from vae_bench import zygote
+from vae_bench.errors import USER_ERRORS, record_failure
 from vae_bench.tracking import SUMMARY_FILE, atomic_write_text
 
 JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
 ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
 KEPT = "kept"  # the job's folder held a run it must not overwrite (see cli.EarlierRunKept)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's job log
+JOB_START = "VAE_BENCH_JOB_START"  # "spawn": every job in a fresh interpreter, no zygote
+ZYGOTE_ADDRESS = "VAE_BENCH_ZYGOTE"  # host:socket of the sweep's zygote, set in each job's env
+# What the zygote imports before it forks: everything a job's training needs.
+ZYGOTE_TARGET, ZYGOTE_PRELOAD = "vae_bench.jobs:child_main", ["vae_bench.train"]
 
 log = logging.getLogger("vae_bench")
 
@@ -68,7 +79,7 @@ def child_environment() -> dict[str, str]:
 
 
 @contextmanager
-def forwarding_stop_signals(child: subprocess.Popen) -> Iterator[None]:
+def forwarding_stop_signals(child: subprocess.Popen | zygote.ZygoteChild) -> Iterator[None]:
     """SIGINT/SIGTERM sent to the waiting parent (SLURM's time-limit warning goes to the job's
     process, not its children) reach the child, which checkpoints and ends `interrupted`."""
     def forward(signum, frame):
@@ -88,19 +99,42 @@ def forwarding_stop_signals(child: subprocess.Popen) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def start_child(run_dir: Path, attempt: str | None,
+                quiet: bool) -> subprocess.Popen | zygote.ZygoteChild:
+    """A fork of the sweep's zygote where there is one, else a fresh interpreter."""
+    args = [str(run_dir), "--attempt", attempt or "new", *(["--quiet"] if quiet else [])]
+    address = os.environ.get(ZYGOTE_ADDRESS)
+    if address and os.environ.get(JOB_START) != "spawn":
+        try:
+            return zygote.start_job(address, args, child_environment())
+        except zygote.ZygoteUnavailable as error:
+            log.warning("%s: %s; this job starts in a fresh process", run_dir, error)
+    return subprocess.Popen([sys.executable, "-m", "vae_bench.jobs", *args,
+                             "--parent", str(os.getpid())], env=child_environment())
+
+
+@contextmanager
+def sweep_zygote() -> Iterator[str | None]:
+    """While a sweep runs, the zygote that forks its jobs; its address goes to every job as
+    ZYGOTE_ADDRESS. None where jobs start as fresh interpreters."""
+    if sys.platform != "linux" or os.environ.get(JOB_START) == "spawn":
+        yield None
+        return
+    with zygote.running(ZYGOTE_TARGET, ZYGOTE_PRELOAD, child_environment()) as address:
+        yield address
+
+
 def train_in_child(run_dir: Path, attempt: str | None, quiet: bool) -> dict:
     """Train the run whose config.yaml is in `run_dir` in a child process and return its
     summary; a child ended by a signal before it could write its end is marked `killed`."""
-    command = [sys.executable, "-m", "vae_bench.jobs", str(run_dir),
-               "--attempt", attempt or "new", "--parent", str(os.getpid())]
-    if quiet:
-        command.append("--quiet")
-    child = subprocess.Popen(command, env=child_environment())
+    child = start_child(run_dir, attempt, quiet)
     with forwarding_stop_signals(child):
         returncode = child.wait()
     summary = read_summary(run_dir)
     if summary.get("status") not in (None, "running"):
         return {**summary, "pid": summary.get("pid", child.pid)}
+    if returncode is None:  # its zygote died first, and the kernel sent the child SIGTERM
+        return mark_killed(run_dir, summary, child.pid, "unknown (its zygote ended first)")
     if returncode < 0:
         return mark_killed(run_dir, summary, child.pid, signal.Signals(-returncode).name)
     error = (f"the training process {child.pid} exited with code {returncode} without "
@@ -163,22 +197,25 @@ def prefer_as_oom_victim() -> None:
 
 
 def child_main(argv: list[str]) -> None:
-    from vae_bench.cli import USER_ERRORS, record_failure
     from vae_bench.train import train
 
     parser = argparse.ArgumentParser(prog="python -m vae_bench.jobs",
                                      description="one sweep job's training (internal)")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--attempt", choices=("new", "resume", "start over"), default="new")
-    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--parent", type=int, default=None,
+                        help="the process to end with (a zygote's fork has this set already)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    stop_when_parent_dies(args.parent)
+    if args.parent is not None:
+        stop_when_parent_dies(args.parent)
     prefer_as_oom_victim()
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True,
                         handlers=[console, logging.FileHandler(args.run_dir / "train.log")])
+    log.info("training process %d: %s", os.getpid(), "a fresh interpreter" if args.parent
+             else f"forked by the sweep's zygote {os.getppid()}")
     # The parent saved the resolved config (or checked that an earlier attempt's is this one).
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     try:
