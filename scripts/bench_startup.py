@@ -81,23 +81,35 @@ def own_cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def without_timings(summary: dict) -> dict:
+    """What a job computed: its summary less clocks and the process that ran it."""
+    return {key: value for key, value in summary.items() if "seconds" not in key
+            and "examples_per_s" not in key and key not in ("pid", "host")}
+
+
 def run_sweep(code: Path, launcher: str, overrides: list[str], sweep_dir: Path) -> dict:
+    # Run from the checkout itself: `python -m` puts the working folder first on sys.path.
     env = {**os.environ, "PYTHONPATH": str(code.resolve()), "PYTHONUNBUFFERED": "1"}
+    if "VAE_BENCH_DATA" in env:
+        env["VAE_BENCH_DATA"] = os.path.abspath(env["VAE_BENCH_DATA"])
     command = [sys.executable, "-m", "vae_bench", "train", "-m", *overrides,
                *LAUNCHERS[launcher], f"hydra.sweep.dir={sweep_dir}"]
     busy0, own0, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(command, env=env, cwd=code.resolve(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
     wall = time.perf_counter() - start
     busy1, own1 = busy_cpu_seconds(), own_cpu_seconds()
     if done.returncode != 0:
         raise SystemExit(f"the sweep failed ({code}, {launcher}):\n{done.stderr[-3000:]}")
     summaries = [(path.stat().st_mtime, json.loads(path.read_text()))
-                 for path in sweep_dir.glob("*/summary.json")]
+                 for path in sorted(sweep_dir.glob("*/summary.json"))]
     statuses = sorted({s["status"] for _, s in summaries})
     training = [sum(s.get("train/epoch_seconds_all", [])) for _, s in summaries]
     ends = sorted(mtime for mtime, _ in summaries)
     jobs = len(summaries)
     result = {"code": str(code), "launcher": launcher, "jobs": jobs, "statuses": statuses,
+              "results": {path.parent.name: without_timings(json.loads(path.read_text()))
+                          for path in sorted(sweep_dir.glob("*/summary.json"))},
               "wall_seconds": round(wall, 2), "wall_per_job": round(wall / jobs, 3),
               "training_per_job": round(statistics.mean(training), 4),
               "overhead_per_job": round(wall / jobs - statistics.mean(training), 3),
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"load before: {load_now()}; sweep: {' '.join(overrides)}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or Path(scratch)
+        root = (args.keep or Path(scratch)).resolve()
         for launcher in args.launchers.split(","):
             for turn, code in enumerate(args.code):  # before and after back to back
                 sweep_dir = root / f"{launcher}_{turn}"
@@ -129,6 +141,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{result['training_per_job']:.4f} s/job, overhead "
                       f"{result['overhead_per_job']:6.3f} s/job (steady {steady:6.3f}), "
                       f"other cores busy {result.get('other_cores')}", flush=True)
+    for launcher in args.launchers.split(","):
+        runs = [r for r in results if r["launcher"] == launcher]
+        same = all(r["results"] == runs[0]["results"] for r in runs[1:])
+        if len(runs) > 1:
+            print(f"{launcher}: every job's results bitwise equal across the checkouts: {same}")
     print(f"load after: {load_now()}")
     write_json(args.out, {"sweep": overrides, "machine": machine_info(), "results": results})
     return results

@@ -207,7 +207,6 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     """Train one run (a sweep's job in a child process: see jobs.py) and return its summary; a
     sweep job never raises, so that it never ends the sweep."""
     from vae_bench.preflight import check_runnable
-    from vae_bench.train import save_resolved_config, train
 
     try:
         check_runnable(cfg)  # again: a sweep's jobs are checked here, each on its own
@@ -226,8 +225,10 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
                         "continuing from its last checkpoint" if attempt == "resume" else
                         "it never reached a checkpoint, so training starts over")
         log.info("run folder: %s", run_dir)
-        if multirun:
+        if multirun:  # the launcher's process never imports the training code
             return jobs.train_in_child(run_dir, attempt, quiet=cfg.log.quiet)
+        from vae_bench.train import train
+
         return train(cfg, run_dir, quiet=cfg.log.quiet)
     except EarlierRunKept as error:  # leave that run's folder as it is
         log.error("vae-bench: error: %s", error)
@@ -238,6 +239,11 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
             record_failure(run_dir, error)
             return {"status": "failed", "error": str(error)}
         fail(error)
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
 
 def name_by_swept_keys(argv: list[str]) -> list[str]:
