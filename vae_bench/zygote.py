@@ -124,14 +124,17 @@ def set_parent_death_signal(parent_pid: int) -> None:
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """numpy's OpenBLAS starts its thread pool as it loads, unless told to use one thread.
-    Training runs on torch's own BLAS; numpy's serves figures, where one thread is plenty."""
+    Training runs on torch's own BLAS (MKL, oneDNN); numpy's serves figures, where one thread
+    is plenty. The jobs still see the requester's own OPENBLAS_NUM_THREADS, if any."""
     before = os.environ.get("OPENBLAS_NUM_THREADS")
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         yield
     finally:
         if before is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
 
 
 def serve(path: str, target: str, preload: list[str]) -> None:
