@@ -1,9 +1,11 @@
-"""The sweep's zygote (vae_bench/zygote.py): jobs forked from it train exactly as jobs started
-as fresh interpreters, a killed or stopped job is reported as such, the zygote forks only while
-it is a single thread, and a zygote that dies mid-sweep neither hangs the sweep nor loses a job."""
+"""A launcher worker's zygote (vae_bench/zygote.py): jobs forked from it train exactly as jobs
+started as fresh interpreters, a killed or stopped job is reported as such, the zygote forks only
+while it is a single thread, and a zygote that dies mid-sweep neither hangs the sweep nor loses a
+job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +30,15 @@ def zygote_env() -> dict[str, str]:
     env = jobs.child_environment()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def started(target: str, preload: list[str] = ()):
+    process = zygote.Zygote(target, list(preload), zygote_env())
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
@@ -72,12 +83,26 @@ def test_the_zygote_forks_only_while_it_is_one_thread(tmp_path: Path) -> None:
     """The sweep's zygote, after importing everything a job needs, is still one thread when it
     forks: no torch op and no library's thread pool has run in it."""
     report = tmp_path / "parent_state"
-    with zygote.running("zygote_targets:parent_state", jobs.ZYGOTE_PRELOAD,
-                        zygote_env()) as address:
-        assert address is not None
-        child = zygote.start_job(address, [str(report)], zygote_env())
-        assert child.wait() == 0
+    with started("zygote_targets:parent_state", jobs.ZYGOTE_PRELOAD) as process:
+        assert process.fork([str(report)], zygote_env()).wait() == 0
     assert report.read_text() == "1 True"
+
+
+def test_a_forked_job_imports_nothing_the_zygote_had_not(tmp_path: Path) -> None:
+    """Whatever a job imports on first use (torch's compiler, when its optimizer is made, takes
+    seconds) the zygote imported already: a job pays for no import."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    run_dir, report = tmp_path / "run", tmp_path / "imports"
+    run_dir.mkdir()
+    OmegaConf.save(compose_config([*TINY, "trainer.epochs=1"]), run_dir / "config.yaml",
+                   resolve=True)
+    with started("zygote_targets:imports_of_a_job", jobs.ZYGOTE_PRELOAD) as process:
+        child = process.fork([str(report), str(run_dir), "--quiet"], zygote_env())
+        assert child.wait() == 0
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert report.read_text() == ""
 
 
 def test_the_thread_check_refuses_a_fork_once_a_thread_pool_has_run() -> None:
@@ -98,10 +123,9 @@ def test_the_thread_check_refuses_a_fork_once_a_thread_pool_has_run() -> None:
 
 
 def test_a_job_whose_load_time_environment_differs_is_refused(tmp_path: Path) -> None:
-    with zygote.running("zygote_targets:parent_state", [], zygote_env()) as address:
+    with started("zygote_targets:parent_state") as process:
         with pytest.raises(zygote.ZygoteUnavailable, match="differs .* in OMP_NUM_THREADS"):
-            zygote.start_job(address, [str(tmp_path / "x")],
-                             {**zygote_env(), "OMP_NUM_THREADS": "3"})
+            process.fork([str(tmp_path / "x")], {**zygote_env(), "OMP_NUM_THREADS": "3"})
 
 
 # ---- signals ----------------------------------------------------------------------------------
@@ -111,20 +135,20 @@ def test_signals_reach_a_forked_job_and_its_end_is_reported(tmp_path: Path) -> N
     """SIGTERM to the waiting requester reaches the job (it checkpoints and exits); a job
     SIGKILLed is reported with its signal; a job whose requester goes away gets SIGTERM."""
     stopped, killed, orphan = (tmp_path / name for name in ("stopped", "killed", "orphan"))
-    with zygote.running("zygote_targets:wait_for_sigterm", [], zygote_env()) as address:
-        child = zygote.start_job(address, [str(stopped)], zygote_env())
+    with started("zygote_targets:wait_for_sigterm") as process:
+        child = process.fork([str(stopped)], zygote_env())
         with jobs.forwarding_stop_signals(child):
             wait_for(stopped)
             os.kill(os.getpid(), signal.SIGTERM)  # this process survives: it forwards it
             assert child.wait() == 7
         assert (tmp_path / "stopped.signal").read_text() == "SIGTERM"
 
-        child = zygote.start_job(address, [str(killed)], zygote_env())
+        child = process.fork([str(killed)], zygote_env())
         wait_for(killed)
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
 
-        child = zygote.start_job(address, [str(orphan)], zygote_env())
+        child = process.fork([str(orphan)], zygote_env())
         wait_for(orphan)
         child.channel.sock.close()  # as if the launcher's worker had died
         wait_for(tmp_path / "orphan.signal")
@@ -149,7 +173,7 @@ def test_forked_and_fresh_jobs_train_bitwise_equal_with_two_threads(tmp_path: Pa
         outputs[start] = sweep
     for seed in (0, 1):
         forked, fresh = (outputs[start] / f"seed={seed}" for start in ("zygote", "spawn"))
-        assert "forked by the sweep's zygote" in (forked / "train.log").read_text()
+        assert "forked by the zygote" in (forked / "train.log").read_text()
         assert "a fresh interpreter" in (fresh / "train.log").read_text()
         for run in (forked, fresh):
             assert "device cpu, 2 CPU threads" in (run / "train.log").read_text()
@@ -164,8 +188,8 @@ def test_forked_and_fresh_jobs_train_bitwise_equal_with_two_threads(tmp_path: Pa
 @pytest.mark.slow
 def test_a_sweep_whose_zygote_dies_goes_on_and_ends(tmp_path: Path) -> None:
     """SIGKILL to the zygote while it holds a training job: that job is stopped by the kernel's
-    SIGTERM and ends `interrupted` (or `killed`), later jobs start as fresh interpreters, and the
-    sweep ends with its closing line."""
+    SIGTERM and ends `interrupted` (or `killed`), the next job is forked by a new zygote, and
+    the sweep ends with its closing line."""
     sweep = tmp_path / "sweep"
     proc = start_cli(["train", "-m", *TINY, "dataset.num_train=512", "trainer.batch_size=4",
                       "trainer.epochs=1", "seed=0,1,2", f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -191,6 +215,21 @@ def test_a_sweep_whose_zygote_dies_goes_on_and_ends(tmp_path: Path) -> None:
                 for s in range(3)]
     assert statuses[0] == statuses[2] == "completed"
     assert statuses[1] in ("interrupted", "killed")
-    assert "this job starts in a fresh process" in out + err
-    assert "a fresh interpreter" in (sweep / "seed=2" / "train.log").read_text()
+    assert f"the zygote {zygote_pid} has ended; starting another" in out + err
+    log = (sweep / "seed=2" / "train.log").read_text()
+    assert "forked by the zygote" in log and f"zygote {zygote_pid}" not in log
     assert closing_counts(out).startswith("3 jobs: 2 completed")
+
+
+@pytest.mark.parametrize("shape", [(32, 1, 28, 28), (64, 3, 8, 8), (5, 1, 4, 6), (1, 1, 3, 3)])
+def test_image_grid_equals_torchvisions_make_grid(shape) -> None:
+    """The zygote imports no torchvision (whose import takes torch's compiler along): the
+    diagnostics' own grid is torchvision's, pixel for pixel."""
+    import torch
+    from torchvision.utils import make_grid
+
+    from vae_bench.diagnostics import image_grid
+
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    for nrow in (1, 8, 16):
+        assert torch.equal(image_grid(images, nrow=nrow), make_grid(images, nrow=nrow))

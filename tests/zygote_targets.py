@@ -25,3 +25,13 @@ def wait_for_sigterm(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_term)
     Path(argv[0]).touch()
     time.sleep(120)
+
+
+def imports_of_a_job(argv: list[str]) -> None:
+    """Run a job (vae_bench.jobs.child_main's arguments after the report file) and write the
+    modules it imported that the zygote had not."""
+    from vae_bench.jobs import child_main
+
+    before = set(sys.modules)
+    child_main(argv[1:])
+    Path(argv[0]).write_text("\n".join(sorted(set(sys.modules) - before)))

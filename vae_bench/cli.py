@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -283,27 +282,14 @@ def check_before_hydra(argv: list[str]) -> None:
         fail(error)
 
 
-def starts_jobs(argv: list[str]) -> bool:
-    """Whether this command line runs a sweep's jobs (not help, nor a printed config)."""
-    return bool({"-m", "--multirun"} & set(argv)) and not NO_JOBS_FLAGS & set(argv)
-
-
-NO_JOBS_FLAGS = {"-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "-sc",
-                 "--shell-completion", "-p", "--package"}
-
-
 def hydra_train(argv: list[str]) -> None:
     check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
     # Added in this order, the folder check runs before the sweep folder is announced.
     argv = add_override(add_override(name_by_swept_keys(argv), SWEEP_PROGRESS), OUTPUT_DIR_CHECK)
-    # Started first, the zygote imports torch while Hydra composes the sweep.
-    with jobs.sweep_zygote() if starts_jobs(argv) else nullcontext() as address:
-        if address:  # through Hydra: each job's worker, wherever it runs, gets it in its env
-            argv = add_override(argv, f"++hydra.job.env_set.{jobs.ZYGOTE_ADDRESS}='{address}'")
-        sys.argv = ["vae-bench train", *argv]
-        decorated()
+    sys.argv = ["vae-bench train", *argv]
+    decorated()
 
 
 def resume(argv: list[str]) -> None:

@@ -8,10 +8,11 @@ killed by a signal is recorded as `killed` in its summary.json and the sweep goe
 reads the config the parent saved to the run folder, and its memory (data set, model, CUDA
 context) goes back to the system when it exits, so a worker never accumulates jobs' data.
 
-A child is forked by the sweep's zygote (zygote.py), which the CLI starts when a multirun begins
-and which has imported torch and vae_bench once: a job then starts in milliseconds instead of
-seconds. Without a zygote (not Linux, `VAE_BENCH_JOB_START=spawn`, a worker on another host, or
-a zygote that refused or died) the child is a fresh interpreter, as before.
+The child is a fork of the worker's zygote (zygote.py): a process the worker starts at its
+first job, with its own environment, which imports torch and vae_bench once; every later job
+then starts in milliseconds instead of seconds. Where there is no zygote (not Linux,
+`VAE_BENCH_JOB_START=spawn`, or a zygote that refused or failed to start) the child is a fresh
+interpreter, `python -m vae_bench.jobs`, as before.
 
 Every job also appends one line to the sweep's journal (`JOURNAL`), from which `SweepProgress`
 prints the sweep's closing line: how many jobs completed, diverged, failed, were interrupted or
@@ -21,6 +22,7 @@ killed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import json
 import logging
@@ -49,9 +51,15 @@ ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
 KEPT = "kept"  # the job's folder held a run it must not overwrite (see cli.EarlierRunKept)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's job log
 JOB_START = "VAE_BENCH_JOB_START"  # "spawn": every job in a fresh interpreter, no zygote
-ZYGOTE_ADDRESS = "VAE_BENCH_ZYGOTE"  # host:socket of the sweep's zygote, set in each job's env
-# What the zygote imports before it forks: everything a job's training needs.
-ZYGOTE_TARGET, ZYGOTE_PRELOAD = "vae_bench.jobs:child_main", ["vae_bench.train"]
+ZYGOTE_TARGET = "vae_bench.jobs:child_main"
+# What the zygote imports before it forks: everything a job imports, so that no job imports
+# anything. Besides the training code, what a job would import on first use: torch's compiler
+# (torch.optim imports it when an optimizer is made: sympy and all, seconds), the image writers
+# of PIL and matplotlib, tqdm's lock, TensorBoard's hparams, torch.save's settings.
+ZYGOTE_PRELOAD = ["vae_bench.train", "torch._dynamo", "matplotlib.backends.backend_agg",
+                  "multiprocessing.synchronize", "tensorboard.plugins.hparams.metadata",
+                  "torch.utils.serialization", "PIL.BmpImagePlugin", "PIL.GifImagePlugin",
+                  "PIL.JpegImagePlugin", "PIL.PpmImagePlugin", "PIL.features"]
 
 log = logging.getLogger("vae_bench")
 
@@ -99,29 +107,49 @@ def forwarding_stop_signals(child: subprocess.Popen | zygote.ZygoteChild) -> Ite
             signal.signal(sig, handler)
 
 
+class WorkerZygote:
+    """This process's zygote, started at its first job and kept for the next ones."""
+
+    current: zygote.Zygote | None = None
+    failed = False  # it could not start: this process's jobs start as fresh interpreters
+
+    @classmethod
+    def fork(cls, args: list[str]) -> zygote.ZygoteChild:
+        env = child_environment()
+        if cls.current is not None and not cls.current.alive():
+            log.warning("the zygote %d has ended; starting another", cls.current.pid)
+            cls.stop()
+        if cls.current is not None and (zygote.load_time_environment(cls.current.env)
+                                        != zygote.load_time_environment(env)):
+            cls.stop()  # e.g. OMP_NUM_THREADS set per job (hydra.job.env_set): not forkable
+        if cls.current is None:
+            try:
+                cls.current = zygote.Zygote(ZYGOTE_TARGET, ZYGOTE_PRELOAD, env)
+            except zygote.ZygoteUnavailable:
+                cls.failed = True
+                raise
+            atexit.register(cls.stop)
+        return cls.current.fork(args, env)
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.current is not None:
+            cls.current.stop()
+            cls.current = None
+
+
 def start_child(run_dir: Path, attempt: str | None,
                 quiet: bool) -> subprocess.Popen | zygote.ZygoteChild:
-    """A fork of the sweep's zygote where there is one, else a fresh interpreter."""
+    """A fork of this process's zygote where it can have one, else a fresh interpreter."""
     args = [str(run_dir), "--attempt", attempt or "new", *(["--quiet"] if quiet else [])]
-    address = os.environ.get(ZYGOTE_ADDRESS)
-    if address and os.environ.get(JOB_START) != "spawn":
+    if (sys.platform == "linux" and os.environ.get(JOB_START) != "spawn"
+            and not WorkerZygote.failed):
         try:
-            return zygote.start_job(address, args, child_environment())
+            return WorkerZygote.fork(args)
         except zygote.ZygoteUnavailable as error:
             log.warning("%s: %s; this job starts in a fresh process", run_dir, error)
     return subprocess.Popen([sys.executable, "-m", "vae_bench.jobs", *args,
                              "--parent", str(os.getpid())], env=child_environment())
-
-
-@contextmanager
-def sweep_zygote() -> Iterator[str | None]:
-    """While a sweep runs, the zygote that forks its jobs; its address goes to every job as
-    ZYGOTE_ADDRESS. None where jobs start as fresh interpreters."""
-    if sys.platform != "linux" or os.environ.get(JOB_START) == "spawn":
-        yield None
-        return
-    with zygote.running(ZYGOTE_TARGET, ZYGOTE_PRELOAD, child_environment()) as address:
-        yield address
 
 
 def train_in_child(run_dir: Path, attempt: str | None, quiet: bool) -> dict:
@@ -215,7 +243,7 @@ def child_main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True,
                         handlers=[console, logging.FileHandler(args.run_dir / "train.log")])
     log.info("training process %d: %s", os.getpid(), "a fresh interpreter" if args.parent
-             else f"forked by the sweep's zygote {os.getppid()}")
+             else f"forked by the zygote {os.getppid()}")
     # The parent saved the resolved config (or checked that an earlier attempt's is this one).
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     try:
@@ -278,6 +306,7 @@ class SweepProgress(Callback):
         print(f"vae-bench: sweep folder: {folder}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        WorkerZygote.stop()  # the basic launcher's, in this process (workers' end with them)
         folder = sweep_folder(config)
         if folder is not None:
             print(closing_line(folder, read_journal(folder)), flush=True)

@@ -48,7 +48,7 @@ READY = b"listening\n"
 HEADER = struct.Struct("!I")  # the length of the JSON message that follows
 SEND_TIMEOUT = 10  # s, to connect and exchange a request
 FORK_TIMEOUT = 300  # s: a sweep's first request waits for the zygote's imports (loaded: ~15 s)
-START_TIMEOUT = 30  # s, for the zygote to listen (before its imports)
+START_TIMEOUT = 60  # s, for the zygote to listen (it does before its imports)
 REPORT_GRACE = 10  # s after the child ended, for the zygote's report of how
 STOP_TIMEOUT = 10  # s, for the zygote to exit once told to
 
@@ -96,6 +96,10 @@ def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def load_time_environment(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key.startswith(LOAD_TIME_PREFIXES)}
+
+
 def fork_refusal(env: dict[str, str], own_env: dict[str, str]) -> str | None:
     """Why this process must not fork a job for a requester with environment `env`, or None."""
     threads = thread_count()
@@ -105,8 +109,8 @@ def fork_refusal(env: dict[str, str], own_env: dict[str, str]) -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "the zygote has initialised CUDA, which a forked child cannot use"
-    differing = sorted(key for key in {*env, *own_env} if key.startswith(LOAD_TIME_PREFIXES)
-                       and env.get(key) != own_env.get(key))
+    env, own_env = load_time_environment(env), load_time_environment(own_env)
+    differing = sorted(key for key in {*env, *own_env} if env.get(key) != own_env.get(key))
     if differing:
         return (f"the job's environment differs from the zygote's in {', '.join(differing)}, "
                 "which libraries read when they load")
@@ -142,6 +146,16 @@ def serve(path: str, target: str, preload: list[str]) -> None:
     request's argv) for each request, until stdin closes (the sweep has ended)."""
     set_parent_death_signal(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs; this one reports
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # its children get SIGTERM in turn
+    try:
+        listen_and_fork(path, target, preload)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+
+
+def listen_and_fork(path: str, target: str, preload: list[str]) -> None:
     own_env = dict(os.environ)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -370,62 +384,67 @@ class ZygoteChild:
             time.sleep(0.1)
 
 
-def start_job(address: str, argv: list[str], env: dict[str, str]) -> ZygoteChild:
-    """Ask the zygote at `address` (host:path) to fork a job running its target with `argv`."""
-    host, _, path = address.partition(":")
-    if host != socket.gethostname():
-        raise ZygoteUnavailable(f"the sweep's zygote runs on {host}, not here")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(SEND_TIMEOUT)
-    channel = Channel(sock)
-    try:
-        sock.connect(path)
-        channel.send({"argv": argv, "cwd": os.getcwd(), "env": env}, fds=standard_fds())
-        sock.settimeout(FORK_TIMEOUT)
-        answer = channel.receive()
-    except TimeoutError:
-        sock.close()
-        raise ZygoteUnavailable(f"the zygote at {path} did not answer in {FORK_TIMEOUT} s") \
-            from None
-    except OSError as error:
-        sock.close()
-        raise ZygoteUnavailable(f"the zygote at {path} cannot be reached ({error})") from None
-    if answer is None or "pid" not in answer:
-        sock.close()
-        why = answer["refused"] if answer else "it has exited (its error is above)"
-        raise ZygoteUnavailable(f"the zygote did not fork: {why}")
-    sock.settimeout(None)
-    return ZygoteChild(channel, answer["pid"])
+class Zygote:
+    """A zygote this process started and owns: it forks `target` ("module:function", called with
+    a job's argv) in the environment `env`, after importing `preload`. It ends when `stop` is
+    called or this process ends (its lifeline, a pipe from this process, closes)."""
 
-
-# ---- the starter --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running(target: str, preload: list[str], env: dict[str, str]) -> Iterator[str | None]:
-    """A zygote for the duration; yields its address (host:path), or None if it did not start
-    (the reason is logged). `env` is its environment, which every job's must match."""
-    folder = tempfile.mkdtemp(prefix="vae-bench-zygote-")
-    path = os.path.join(folder, "socket")
-    zygote = subprocess.Popen([sys.executable, "-m", "vae_bench.zygote", path, target, *preload],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    try:
+    def __init__(self, target: str, preload: list[str], env: dict[str, str]):
+        self.env = env
+        self.folder = tempfile.mkdtemp(prefix="vae-bench-zygote-")
+        self.path = os.path.join(self.folder, "socket")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vae_bench.zygote", self.path, target, *preload],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         with selectors.DefaultSelector() as selector:
-            selector.register(zygote.stdout, selectors.EVENT_READ)
-            ready = selector.select(START_TIMEOUT) and zygote.stdout.readline() == READY
-        zygote.stdout.close()
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = bool(selector.select(START_TIMEOUT)) and self.process.stdout.readline() == READY
+        self.process.stdout.close()
         if not ready:
-            log.warning("the sweep's zygote did not start (exit code %s); every job starts in "
-                        "a fresh process", zygote.poll())
-        yield f"{socket.gethostname()}:{path}" if ready else None
-    finally:
-        zygote.stdin.close()  # its lifeline: it exits
+            self.stop()
+            raise ZygoteUnavailable(f"the zygote did not start (exit code {self.process.poll()})")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def fork(self, argv: list[str], env: dict[str, str]) -> ZygoteChild:
+        """A child running the target with `argv` and environment `env`, in this process's
+        folder, with its stdin/stdout/stderr."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(SEND_TIMEOUT)
+        channel = Channel(sock)
         try:
-            zygote.wait(STOP_TIMEOUT)
+            sock.connect(self.path)
+            channel.send({"argv": argv, "cwd": os.getcwd(), "env": env},
+                         fds=standard_fds())
+            sock.settimeout(FORK_TIMEOUT)  # the first answer waits for the zygote's imports
+            answer = channel.receive()
+        except TimeoutError:
+            sock.close()
+            raise ZygoteUnavailable(f"the zygote did not answer in {FORK_TIMEOUT} s") from None
+        except OSError as error:
+            sock.close()
+            raise ZygoteUnavailable(f"the zygote cannot be reached ({error})") from None
+        if answer is None or "pid" not in answer:
+            sock.close()
+            why = answer["refused"] if answer else "it has ended"
+            raise ZygoteUnavailable(f"the zygote did not fork: {why}")
+        sock.settimeout(None)
+        return ZygoteChild(channel, answer["pid"])
+
+    def stop(self) -> None:
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()  # its lifeline: it exits
+        try:
+            self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            zygote.kill()
-            zygote.wait(STOP_TIMEOUT)
-        shutil.rmtree(folder, ignore_errors=True)
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
