@@ -71,12 +71,14 @@ def test_joblib_sweep_survives_a_killed_training_process(tmp_path: Path) -> None
             killed_pid = summary["pid"]
             scores = [int(Path(f"/proc/{pid}/oom_score_adj").read_text())
                       for pid in (killed_pid, parent_of(killed_pid))]
+            parent_command = Path(f"/proc/{parent_of(killed_pid)}/cmdline").read_text()
             os.kill(killed_pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert killed_pid is not None, "the job never reached its training loop"
     assert scores[0] == scores[1] + jobs.OOM_SCORE_BIAS  # the OOM killer's choice in the job
+    assert "vae_bench.zygote" in parent_command  # a fork of the worker's zygote
     assert proc.returncode == 0, err[-3000:]
     statuses = {seed: summary_of(sweep / f"seed={seed}").get("status") for seed in range(4)}
     assert statuses == {0: "completed", 1: "killed", 2: "completed", 3: "completed"}

@@ -22,16 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import (
-    ConfigError,
-    config_dir,
-    register_configs,
-    run_schema,
-    same_run_config,
-    validate,
-)
-from vae_bench.data import DataError
-from vae_bench.tracking import atomic_write_text, process_gone
+from vae_bench.config import config_dir, register_configs, run_schema, same_run_config, validate
+from vae_bench.errors import USER_ERRORS, record_failure
+from vae_bench.tracking import process_gone
 
 USAGE = """usage: vae-bench <command> [args]
 
@@ -51,7 +44,6 @@ examples:
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
-USER_ERRORS = (ConfigError, DataError, CheckpointError, PermissionError)
 
 log = logging.getLogger("vae_bench")
 
@@ -137,15 +129,6 @@ def add_override(argv: list[str], override: str) -> list[str]:
     return [*argv[:first], override, *argv[first:]]
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "summary.json",
-                          json.dumps({"status": "failed", "error": str(error)}, indent=2) + "\n")
-    except OSError:  # an unwritable folder is the error itself; the log line above says so
-        pass
-
-
 def quiet_console() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler,
@@ -222,7 +205,6 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     """Train one run (a sweep's job in a child process: see jobs.py) and return its summary; a
     sweep job never raises, so that it never ends the sweep."""
     from vae_bench.preflight import check_runnable
-    from vae_bench.train import save_resolved_config, train
 
     try:
         check_runnable(cfg)  # again: a sweep's jobs are checked here, each on its own
@@ -241,8 +223,10 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
                         "continuing from its last checkpoint" if attempt == "resume" else
                         "it never reached a checkpoint, so training starts over")
         log.info("run folder: %s", run_dir)
-        if multirun:
+        if multirun:  # the launcher's process never imports the training code
             return jobs.train_in_child(run_dir, attempt, quiet=cfg.log.quiet)
+        from vae_bench.train import train
+
         return train(cfg, run_dir, quiet=cfg.log.quiet)
     except EarlierRunKept as error:  # leave that run's folder as it is
         log.error("vae-bench: error: %s", error)
@@ -253,6 +237,11 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
             record_failure(run_dir, error)
             return {"status": "failed", "error": str(error)}
         fail(error)
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
 
 def name_by_swept_keys(argv: list[str]) -> list[str]:

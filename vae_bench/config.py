@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -452,3 +453,21 @@ def validate(cfg: DictConfig) -> None:
 
 def data_root(cfg: DictConfig) -> Path:
     return Path(os.path.expanduser(cfg.data.root))
+
+
+def pick_device(name: str) -> torch.device:
+    """The device `trainer.device` names; ConfigError where this machine has no such device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name}: CUDA is not available here (this PyTorch "
+                              f"{torch.__version__} finds no GPU) (e.g. `trainer.device=cpu`, or "
+                              "`trainer.device=auto`, which picks CUDA when present).")
+        count = torch.cuda.device_count()
+        index = name.removeprefix("cuda").removeprefix(":")
+        if index and int(index) >= count:
+            raise ConfigError(f"trainer.device={name}: this machine has {count} CUDA "
+                              f"device{'s' if count != 1 else ''}, cuda:0 to cuda:{count - 1} "
+                              "(e.g. `trainer.device=cuda:0`).")
+    return torch.device(name)

@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from vae_bench.data import to_float  # noqa: E402
 from vae_bench.likelihoods import mean_image  # noqa: E402
@@ -226,6 +225,27 @@ def sorted_kl_figure(kl_per_dim: Tensor):
     return figure
 
 
+def image_grid(images: Tensor, nrow: int, padding: int = 2) -> Tensor:
+    """torchvision's make_grid with its defaults (grey images as RGB, a black 2-pixel frame),
+    without importing torchvision: its import takes torch's compiler along, as long as torch's
+    own, in every process that logs images (a sweep's zygote, a fresh job)."""
+    if images.size(1) == 1:
+        images = images.repeat(1, 3, 1, 1)
+    if images.size(0) == 1:
+        return images.squeeze(0)
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    cell_height, cell_width = height + padding, width + padding
+    grid = images.new_zeros((channels, rows * cell_height + padding,
+                             columns * cell_width + padding))
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + padding, column * cell_width + padding
+        grid[:, top:top + height, left:left + width] = images[index]
+    return grid
+
+
 def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker, step: int,
                count: int = 16) -> None:
     model.eval()
@@ -235,8 +255,8 @@ def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker
     shape = (-1, *model.image_shape)
     reconstructions = mean_image(model.likelihood_name, decoded.mean_out).view(shape)
     pairs = torch.cat([x.view(shape), reconstructions])  # inputs on top, reconstructions below
-    tracker.image("images/reconstructions", make_grid(pairs.float(), nrow=count), step)
+    tracker.image("images/reconstructions", image_grid(pairs.float(), nrow=count), step)
     z = torch.randn(64, model.latent_dim, device=test_images.device, generator=generator)
     samples = mean_image(model.likelihood_name, model.decode(z).mean_out).view(shape)
-    tracker.image("images/samples", make_grid(samples.float(), nrow=8), step)
+    tracker.image("images/samples", image_grid(samples.float(), nrow=8), step)
     model.train()

@@ -8,6 +8,12 @@ killed by a signal is recorded as `killed` in its summary.json and the sweep goe
 reads the config the parent saved to the run folder, and its memory (data set, model, CUDA
 context) goes back to the system when it exits, so a worker never accumulates jobs' data.
 
+The child is a fork of the worker's zygote (zygote.py): a process the worker starts at its
+first job, with its own environment, which imports torch and vae_bench once; every later job
+then starts in milliseconds instead of seconds. Where there is no zygote (not Linux,
+`VAE_BENCH_JOB_START=spawn`, or a zygote that refused or failed to start) the child is a fresh
+interpreter, `python -m vae_bench.jobs`, as before.
+
 Every job also appends one line to the sweep's journal (`JOURNAL`), from which `SweepProgress`
 prints the sweep's closing line: how many jobs completed, diverged, failed, were interrupted or
 killed.
@@ -16,6 +22,7 @@ killed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import json
 import logging
@@ -35,12 +42,24 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import vae_bench
+from vae_bench import zygote
+from vae_bench.errors import USER_ERRORS, record_failure
 from vae_bench.tracking import SUMMARY_FILE, atomic_write_text
 
 JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
 ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
 KEPT = "kept"  # the job's folder held a run it must not overwrite (see cli.EarlierRunKept)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's job log
+JOB_START = "VAE_BENCH_JOB_START"  # "spawn": every job in a fresh interpreter, no zygote
+ZYGOTE_TARGET = "vae_bench.jobs:child_main"
+# What the zygote imports before it forks: everything a job imports, so that no job imports
+# anything. Besides the training code, what a job would import on first use: torch's compiler
+# (torch.optim imports it when an optimizer is made: sympy and all, seconds), the image writers
+# of PIL and matplotlib, tqdm's lock, TensorBoard's hparams, torch.save's settings.
+ZYGOTE_PRELOAD = ["vae_bench.train", "torch._dynamo", "matplotlib.backends.backend_agg",
+                  "multiprocessing.synchronize", "tensorboard.plugins.hparams.metadata",
+                  "torch.utils.serialization", "PIL.BmpImagePlugin", "PIL.GifImagePlugin",
+                  "PIL.JpegImagePlugin", "PIL.PpmImagePlugin", "PIL.features"]
 
 log = logging.getLogger("vae_bench")
 
@@ -68,7 +87,7 @@ def child_environment() -> dict[str, str]:
 
 
 @contextmanager
-def forwarding_stop_signals(child: subprocess.Popen) -> Iterator[None]:
+def forwarding_stop_signals(child: subprocess.Popen | zygote.ZygoteChild) -> Iterator[None]:
     """SIGINT/SIGTERM sent to the waiting parent (SLURM's time-limit warning goes to the job's
     process, not its children) reach the child, which checkpoints and ends `interrupted`."""
     def forward(signum, frame):
@@ -88,19 +107,62 @@ def forwarding_stop_signals(child: subprocess.Popen) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class WorkerZygote:
+    """This process's zygote, started at its first job and kept for the next ones."""
+
+    current: zygote.Zygote | None = None
+    failed = False  # it could not start: this process's jobs start as fresh interpreters
+
+    @classmethod
+    def fork(cls, args: list[str]) -> zygote.ZygoteChild:
+        env = child_environment()
+        if cls.current is not None and not cls.current.alive():
+            log.warning("the zygote %d has ended; starting another", cls.current.pid)
+            cls.stop()
+        if cls.current is not None and (zygote.load_time_environment(cls.current.env)
+                                        != zygote.load_time_environment(env)):
+            cls.stop()  # e.g. OMP_NUM_THREADS set per job (hydra.job.env_set): not forkable
+        if cls.current is None:
+            try:
+                cls.current = zygote.Zygote(ZYGOTE_TARGET, ZYGOTE_PRELOAD, env)
+            except zygote.ZygoteUnavailable:
+                cls.failed = True
+                raise
+            atexit.register(cls.stop)
+        return cls.current.fork(args, env)
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.current is not None:
+            cls.current.stop()
+            cls.current = None
+
+
+def start_child(run_dir: Path, attempt: str | None,
+                quiet: bool) -> subprocess.Popen | zygote.ZygoteChild:
+    """A fork of this process's zygote where it can have one, else a fresh interpreter."""
+    args = [str(run_dir), "--attempt", attempt or "new", *(["--quiet"] if quiet else [])]
+    if (sys.platform == "linux" and os.environ.get(JOB_START) != "spawn"
+            and not WorkerZygote.failed):
+        try:
+            return WorkerZygote.fork(args)
+        except zygote.ZygoteUnavailable as error:
+            log.warning("%s: %s; this job starts in a fresh process", run_dir, error)
+    return subprocess.Popen([sys.executable, "-m", "vae_bench.jobs", *args,
+                             "--parent", str(os.getpid())], env=child_environment())
+
+
 def train_in_child(run_dir: Path, attempt: str | None, quiet: bool) -> dict:
     """Train the run whose config.yaml is in `run_dir` in a child process and return its
     summary; a child ended by a signal before it could write its end is marked `killed`."""
-    command = [sys.executable, "-m", "vae_bench.jobs", str(run_dir),
-               "--attempt", attempt or "new", "--parent", str(os.getpid())]
-    if quiet:
-        command.append("--quiet")
-    child = subprocess.Popen(command, env=child_environment())
+    child = start_child(run_dir, attempt, quiet)
     with forwarding_stop_signals(child):
         returncode = child.wait()
     summary = read_summary(run_dir)
     if summary.get("status") not in (None, "running"):
         return {**summary, "pid": summary.get("pid", child.pid)}
+    if returncode is None:  # its zygote died first, and the kernel sent the child SIGTERM
+        return mark_killed(run_dir, summary, child.pid, "unknown (its zygote ended first)")
     if returncode < 0:
         return mark_killed(run_dir, summary, child.pid, signal.Signals(-returncode).name)
     error = (f"the training process {child.pid} exited with code {returncode} without "
@@ -163,22 +225,25 @@ def prefer_as_oom_victim() -> None:
 
 
 def child_main(argv: list[str]) -> None:
-    from vae_bench.cli import USER_ERRORS, record_failure
     from vae_bench.train import train
 
     parser = argparse.ArgumentParser(prog="python -m vae_bench.jobs",
                                      description="one sweep job's training (internal)")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--attempt", choices=("new", "resume", "start over"), default="new")
-    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--parent", type=int, default=None,
+                        help="the process to end with (a zygote's fork has this set already)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    stop_when_parent_dies(args.parent)
+    if args.parent is not None:
+        stop_when_parent_dies(args.parent)
     prefer_as_oom_victim()
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True,
                         handlers=[console, logging.FileHandler(args.run_dir / "train.log")])
+    log.info("training process %d: %s", os.getpid(), "a fresh interpreter" if args.parent
+             else f"forked by the zygote {os.getppid()}")
     # The parent saved the resolved config (or checked that an earlier attempt's is this one).
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
     try:
@@ -241,6 +306,7 @@ class SweepProgress(Callback):
         print(f"vae-bench: sweep folder: {folder}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        WorkerZygote.stop()  # the basic launcher's, in this process (workers' end with them)
         folder = sweep_folder(config)
         if folder is not None:
             print(closing_line(folder, read_journal(folder)), flush=True)

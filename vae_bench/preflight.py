@@ -333,8 +333,8 @@ def check_command_line(argv: list[str]) -> DictConfig | None:
 
 def check_runnable(cfg: DictConfig) -> None:
     """Range, device and data: what a valid config may still lack on this machine."""
+    from vae_bench.config import pick_device
     from vae_bench.data import check_files
-    from vae_bench.train import pick_device
 
     validate(cfg)
     pick_device(cfg.trainer.device)

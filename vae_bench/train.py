@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vae_bench import checkpoints
-from vae_bench.config import ConfigError, data_root
+from vae_bench.config import data_root, pick_device
 from vae_bench.data import dataset_label, load_splits, to_float
 from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
@@ -39,24 +39,6 @@ HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"
 # serves from its heap; 32768 rows (103 MB) went to fresh mmaps and page-faulted on every block,
 # a sixth slower. Any k fits in memory: samples come `eval.iwae_chunk` at a time.
 IWAE_ROWS = 4096
-
-
-def pick_device(name: str) -> torch.device:
-    """The device `trainer.device` names; ConfigError where this machine has no such device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name}: CUDA is not available here (this PyTorch "
-                              f"{torch.__version__} finds no GPU) (e.g. `trainer.device=cpu`, or "
-                              "`trainer.device=auto`, which picks CUDA when present).")
-        count = torch.cuda.device_count()
-        index = name.removeprefix("cuda").removeprefix(":")
-        if index and int(index) >= count:
-            raise ConfigError(f"trainer.device={name}: this machine has {count} CUDA "
-                              f"device{'s' if count != 1 else ''}, cuda:0 to cuda:{count - 1} "
-                              "(e.g. `trainer.device=cuda:0`).")
-    return torch.device(name)
 
 
 def synthetic_sizes(dataset: DictConfig) -> dict[str, int]:
@@ -494,7 +476,3 @@ def epoch_line(epoch: int, epochs: int, scalars: dict) -> str:
     parts.append(f"{scalars['train/examples_per_s']:.0f} ex/s")
     return " | ".join(parts)
 
-
-def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
