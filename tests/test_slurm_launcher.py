@@ -25,7 +25,7 @@ def fake_sinfo(folder: Path, gres: str) -> dict[str, str]:
     """A `sinfo` on PATH that lists one node with this GRES; returns the environment for it."""
     folder.mkdir(exist_ok=True)
     script = folder / "sinfo"
-    script.write_text(f"#!/bin/sh\necho '{gres}'\n")
+    script.write_text(f"#!/bin/sh\necho '8|64000|{gres}'\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
@@ -124,8 +124,8 @@ def test_a_job_that_ends_without_a_result_is_recorded_killed(tmp_path: Path, mon
     warning lines are shown, and the wait ends. Another job's result is taken as it is."""
     monkeypatch.setattr(slurm, "RESULT_GRACE_S", 0.0)
     monkeypatch.setattr(slurm.time, "sleep", lambda seconds: None)
-    monkeypatch.setattr(slurm, "queue_states", lambda ids: {"7_0": "COMPLETED",
-                                                            "7_1": "OUT_OF_MEMORY"})
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("OUT_OF_MEMORY", "OutOfMemory")}
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: states)
     sweep = tmp_path / "sweep"
     done, killed = FakeJob(tmp_path, "7_0", result="job 0's return"), FakeJob(tmp_path, "7_1")
     done.paths.result_pickle.write_text("")
@@ -189,9 +189,37 @@ def test_a_running_job_is_waited_for(tmp_path: Path, monkeypatch) -> None:
         polls.append(1)
         if len(polls) == 5:
             job.paths.result_pickle.write_text("")
-        return {"10_0": "RUNNING"}
+        return {"10_0": ("RUNNING", "None")} if len(polls) > 2 else {"10_0": ("PENDING",
+                                                                              "Resources")}
 
     monkeypatch.setattr(slurm.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(slurm, "queue_states", states)
     assert slurm.watch([job], lambda index: tmp_path, [[]], tmp_path) == ["done"]
     assert len(polls) == 5
+
+
+def test_a_job_that_can_never_start_is_cancelled(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A task pending for a reason that never passes (more CPUs than any node has) would keep
+    the sweep waiting forever: it is cancelled and counted as failed."""
+    cancels = []
+    monkeypatch.setattr(slurm.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(slurm, "queue_states", lambda ids: {"11_0": ("PENDING",
+                                                                     "PartitionConfig")})
+    monkeypatch.setattr(slurm, "run_command", lambda command: cancels.append(command))
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    slurm.watch([FakeJob(tmp_path, "11_0")], lambda index: sweep / "seed=0", [["seed=0"]], sweep)
+    assert cancels == [["scancel", "11_0"]]
+    assert "will never start job 11_0" in capsys.readouterr().out
+    assert [e["status"] for e in jobs.read_journal(sweep)] == ["failed"]
+
+
+def test_more_cpus_or_memory_than_any_node_has_is_refused(tmp_path: Path) -> None:
+    env = fake_sinfo(tmp_path / "bin", "(null)")  # 8 CPUs, 64000 MB
+    for override, named in (("hydra.launcher.cpus_per_task=16", "cpus_per_task=16"),
+                            ("hydra.launcher.mem_gb=100", "mem_gb=100")):
+        result = run_cli([*SLURM_SWEEP, override, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                         tmp_path, env=env, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert named in line and "more than any node" in line

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ COMMAND_TIMEOUT_S = 60  # one squeue/sinfo call
 # squeue states after which a job holds no process any more.
 ENDED_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
                 "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
+# Reasons squeue gives for a pending job that will never start as submitted.
+NEVER_STARTS = {"BadConstraints", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS",
+                "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"}
 SLURM_WARNING_MARGIN_S = 60  # SLURM may send `--signal` up to 60 s earlier than asked
 JOB_LINE = re.compile(r"\]\[vae_bench(\.\w+)*\]\[(WARNING|ERROR)\]")
 
@@ -87,12 +92,21 @@ def run_command(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 
 
-def cluster_has_gpus(partition: str | None) -> bool:
-    """Whether any node of the partition (the default one if None) has a `gpu` GRES."""
+@dataclass(frozen=True)
+class Node:
+    """One line of `sinfo`: a group of nodes alike in CPUs, memory and GRES."""
+
+    cpus: int
+    memory_mb: int
+    gres: str
+
+
+def partition_nodes(partition: str | None) -> list[Node]:
+    """The nodes of the partition (the default one if None), as sinfo lists them."""
     if shutil.which("sinfo") is None:
         raise ConfigError("hydra/launcher=slurm needs SLURM's commands (sinfo, sbatch, squeue) "
                           "on this machine, a cluster's login node; sinfo is not on PATH.")
-    command = ["sinfo", "--noheader", "--format=%G"]
+    command = ["sinfo", "--noheader", "--format=%c|%m|%G"]
     if partition:
         command.append(f"--partition={partition}")
     try:
@@ -102,42 +116,71 @@ def cluster_has_gpus(partition: str | None) -> bool:
                           f"{COMMAND_TIMEOUT_S} s; is the cluster's controller up?") from None
     if answer.returncode != 0:
         raise ConfigError(f"`{' '.join(command)}` failed: {answer.stderr.strip()}")
-    if not answer.stdout.strip():
+    nodes = []
+    for line in answer.stdout.splitlines():
+        cpus, memory, gres = (line.strip().split("|") + ["", "", ""])[:3]
+        with suppress(ValueError):  # "2+" where sinfo summarizes unlike nodes: a lower bound
+            nodes.append(Node(int(cpus.rstrip("+")), int(memory.rstrip("+")), gres))
+    if not nodes:
         raise ConfigError(f"hydra.launcher.partition={partition}: SLURM lists no nodes in it "
                           "(`sinfo --summarize` lists the partitions).")
-    return "gpu" in answer.stdout
+    return nodes
 
 
-def gpus_per_node(launcher: DictConfig, device: str) -> int:
+def where(partition: str | None) -> str:
+    return f"partition {partition}" if partition else "the cluster's default partition"
+
+
+def gpus_per_node(launcher: DictConfig, device: str, nodes: list[Node] | None = None) -> int:
     """GPUs per run: hydra.launcher.gpus_per_node if set; null follows trainer.device (cpu: 0,
     cuda: 1, auto: 1 where the partition has GPUs, else 0)."""
     partition = launcher.get("partition")
     requested = launcher.get("gpus_per_node")
+    if requested is None and device == "cpu":
+        return 0
+    nodes = nodes if nodes is not None else partition_nodes(partition)
+    has_gpus = any("gpu" in node.gres for node in nodes)
     if requested is None:
-        if device == "cpu":
-            return 0
-        has_gpus = cluster_has_gpus(partition)
         if device == "auto":
             return 1 if has_gpus else 0
         requested = 1
-    if requested > 0 and not cluster_has_gpus(partition):
-        where = f"partition {partition}" if partition else "the cluster's default partition"
+    if requested > 0 and not has_gpus:
         why = (f"hydra.launcher.gpus_per_node={requested}" if launcher.get("gpus_per_node")
                else f"trainer.device={device}")
-        raise ConfigError(f"{why} asks for a GPU, but no node of {where} has one (sinfo lists "
-                          "no gpu GRES): use trainer.device=cpu (or auto), or another "
-                          "hydra.launcher.partition.")
+        raise ConfigError(f"{why} asks for a GPU, but no node of {where(partition)} has one "
+                          "(sinfo lists no gpu GRES): use trainer.device=cpu (or auto), or "
+                          "another hydra.launcher.partition.")
     return int(requested)
 
 
+def check_fits(launcher: DictConfig, nodes: list[Node]) -> None:
+    """A task asking for more CPUs or memory than any node has would pend forever."""
+    partition = launcher.get("partition")
+    most_cpus = max(node.cpus for node in nodes)
+    most_memory_mb = max(node.memory_mb for node in nodes)
+    cpus, mem_gb = launcher.get("cpus_per_task"), launcher.get("mem_gb")
+    if cpus is not None and cpus > most_cpus:
+        raise ConfigError(f"hydra.launcher.cpus_per_task={cpus} is more than any node of "
+                          f"{where(partition)} has ({most_cpus} CPUs; sinfo): set "
+                          f"hydra.launcher.cpus_per_task={most_cpus} or less, and "
+                          "trainer.threads to match.")
+    if mem_gb is not None and mem_gb * 1024 > most_memory_mb:
+        raise ConfigError(f"hydra.launcher.mem_gb={mem_gb} is more than any node of "
+                          f"{where(partition)} has ({most_memory_mb} MB; sinfo): set "
+                          f"hydra.launcher.mem_gb={most_memory_mb // 1024} or less.")
+
+
 def check_launcher(cfg: DictConfig) -> None:
-    """For a sweep composed with hydra/launcher=slurm: what would make sbatch refuse the sweep
-    or SLURM kill its runs without warning, as a ConfigError before anything is submitted."""
+    """For a sweep composed with hydra/launcher=slurm: what would make sbatch refuse the sweep,
+    its tasks pend forever, or SLURM kill its runs without warning, as a ConfigError before
+    anything is submitted."""
     launcher = cfg.hydra.launcher
     if launcher.get("_target_") != LAUNCHER_TARGET:
         return
     check_time_limit(launcher)
-    gpus_per_node(launcher, str(cfg.trainer.device))
+    nodes = partition_nodes(launcher.get("partition"))
+    check_fits(launcher, nodes)
+    gpus_per_node(launcher, str(cfg.trainer.device), nodes)
 
 
 # ---- the launcher ---------------------------------------------------------------------------
@@ -192,10 +235,11 @@ BASE_KEYS = {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_pe
 # ---- waiting for the jobs -------------------------------------------------------------------
 
 
-def queue_states(array_ids: set[str]) -> dict[str, str] | None:
-    """squeue's state of every task of these arrays ("123_4" -> "RUNNING"); None if squeue did
-    not answer. A purged array (ended more than MinJobAge ago) is simply absent."""
-    command = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T",
+def queue_states(array_ids: set[str]) -> dict[str, tuple[str, str]] | None:
+    """squeue's state and reason of every task of these arrays ("123_4" -> ("PENDING",
+    "Priority")); None if squeue did not answer. A purged array (ended more than MinJobAge ago)
+    is simply absent."""
+    command = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r",
                f"--jobs={','.join(sorted(array_ids))}"]
     try:
         answer = run_command(command)
@@ -205,8 +249,8 @@ def queue_states(array_ids: set[str]) -> dict[str, str] | None:
         return {} if "Invalid job id" in answer.stderr else None
     states = {}
     for line in answer.stdout.splitlines():
-        task, _, state = line.strip().partition("|")
-        states[task] = state.split()[0] if state else ""
+        task, state, reason = (line.strip().split("|") + ["", ""])[:3]
+        states[task] = (state, reason)
     return states
 
 
@@ -244,7 +288,10 @@ def watch(submitted: list, run_dir_of: Callable[[int], Path],
                 continue
             if states is None:
                 continue
-            state = states.get(job.job_id)
+            state, reason = states.get(job.job_id, (None, ""))
+            if state == "PENDING" and never_starts(reason):
+                returns[index] = cancelled(job, reason, overrides, run_dir_of(index), sweep_dir)
+                continue
             if state is not None and state not in ENDED_STATES:
                 continue
             ended_since.setdefault(index, now)
@@ -262,6 +309,23 @@ def watch(submitted: list, run_dir_of: Callable[[int], Path],
         # As submitit does: often at first (short jobs), then every POLL_MAX_S.
         time.sleep(min(POLL_MAX_S, max(1.0, (now - start) / 10)))
     return [returns[index] for index in range(len(submitted))]
+
+
+def never_starts(reason: str) -> bool:
+    """Whether SLURM says a pending job can never start as asked (not merely: not yet)."""
+    return reason in NEVER_STARTS or reason.endswith("PerJobLimit")
+
+
+def cancelled(job: Any, reason: str, overrides: list[str], run_dir: Path,
+              sweep_dir: Path) -> JobReturn:
+    with suppress(OSError, subprocess.TimeoutExpired):
+        run_command(["scancel", job.job_id])
+    print(f"vae-bench: {run_dir}: SLURM will never start job {job.job_id} as asked (pending, "
+          f"reason {reason}: more CPUs, memory, time or GPUs than the partition allows), so it "
+          "is cancelled. Change hydra.launcher.* and run the same command with "
+          f"hydra.sweep.dir={sweep_dir}.", flush=True)
+    jobs.record_job(sweep_dir, run_dir, {"status": "failed"})
+    return job_return(overrides, run_dir)
 
 
 def job_return(overrides: list[str], run_dir: Path, value: Any = None) -> JobReturn:
