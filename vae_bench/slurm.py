@@ -201,6 +201,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]],
                                   for key, value in params.items()})
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if "mode" in config.hydra.sweep:
+        os.chmod(sweep_dir, mode=int(str(config.hydra.sweep.mode), 8))
     job_params = []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         jobs.log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
@@ -254,17 +256,16 @@ def queue_states(array_ids: set[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
-def echo_job_lines(job: Any, shown: int = 0) -> int:
-    """Print the job's own warning and error lines from its submitit log (stdout: Hydra's and
-    the training's log lines); returns how many lines of the log were read."""
+def echo_job_lines(job: Any) -> None:
+    """Print the job's own warning and error lines from its submitit log (its stdout holds
+    Hydra's and the training's log lines)."""
     try:
         lines = Path(job.paths.stdout).read_text(errors="replace").splitlines()
-    except OSError:
-        return shown
-    for line in lines[shown:]:
+    except OSError:  # no log (the job never started): the caller's line says what happened
+        return
+    for line in lines:
         if JOB_LINE.search(line):
             print(line, flush=True)
-    return len(lines)
 
 
 def watch(submitted: list, run_dir_of: Callable[[int], Path],
