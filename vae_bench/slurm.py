@@ -10,13 +10,15 @@ UncompletedJobError traceback. Here the sweep asks `squeue`, which answers witho
 - a job that squeue lists as ended, or no longer lists, gets RESULT_GRACE_S for its result file
   to appear (a shared file system can lag); after that its run is recorded `killed` (if its
   training had not written its own end) and counted in the sweep's closing line;
+- a job pending for a reason that never passes (PartitionConfig: more than any node has) is
+  cancelled and counted `failed`;
 - if squeue stops answering for QUEUE_SILENCE_S, the sweep stops waiting and says which jobs it
   could not follow.
 
 As each job ends, its own warning and error lines (skipped, resumed, killed, interrupted) are
 copied from its submitit log to the terminal. Before anything is submitted, `check_launcher`
-(called by preflight) refuses a time limit too short for the stop warning and GPUs the cluster
-does not have; `gpus_per_node: null` follows trainer.device.
+(called by preflight) refuses a time limit too short for the stop warning, and CPUs, memory or
+GPUs that no node of the partition has; `gpus_per_node: null` follows trainer.device.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_bench import jobs
@@ -197,7 +200,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]],
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
                                      slurm_max_num_timeout=params.pop("max_num_timeout"))
     params.pop("_target_", None)
-    executor.update_parameters(**{key if key in BASE_KEYS else f"slurm_{key}": value
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the rest are slurm_<key>
+    executor.update_parameters(**{key if key in shared else f"slurm_{key}": value
                                   for key, value in params.items()})
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -228,10 +232,6 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]],
         return sweep_dir / str(config.hydra.sweep.subdir)
 
     return watch(submitted, run_dir_of, job_overrides, sweep_dir)
-
-
-BASE_KEYS = {"timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node",
-             "mem_gb", "name", "stderr_to_stdout"}
 
 
 # ---- waiting for the jobs -------------------------------------------------------------------
