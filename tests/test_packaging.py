@@ -20,7 +20,7 @@ def test_wheel_install_finds_the_configs(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("vae_bench", "configs"):
+    for folder in ("vae_bench", "configs", "hydra_plugins"):
         shutil.copytree(REPO / folder, source / folder,
                         ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
@@ -38,8 +38,16 @@ def test_wheel_install_finds_the_configs(tmp_path: Path) -> None:
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(site)  # the wheel, not the repo
     assert (site / "vae_bench" / "configs" / "param" / "natural.yaml").is_file()
+    assert (site / "hydra_plugins" / "vae_bench_launcher" / "slurm_launcher.py").is_file()
+    assert not (site / "hydra_plugins" / "__init__.py").exists()  # a namespace package
     result = subprocess.run([sys.executable, "-m", "vae_bench", "train", "param=natural",
                              "dataset=cifar10", "--cfg", "job"], cwd=elsewhere, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "name: natural" in result.stdout and "name: cifar10" in result.stdout
+    # Hydra finds the slurm preset's launcher among the installed plugins.
+    launcher = subprocess.run([sys.executable, "-c", (
+        "from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+        "print([c.__module__ for c in Plugins.instance().discover(Launcher)])")],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    assert "hydra_plugins.vae_bench_launcher.slurm_launcher" in launcher.stdout

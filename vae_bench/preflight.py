@@ -326,6 +326,10 @@ def check_command_line(argv: list[str]) -> DictConfig | None:
             choices = compose(list(lines), RunMode.RUN).hydra.runtime.choices
             check_applies([o for o in job if o not in job_choosing], dict(choices))
         composed = compose(list(args.overrides), mode)
+    if args.multirun and not args.cfg:
+        from vae_bench.slurm import check_launcher
+
+        check_launcher(composed)  # a cluster sweep's resources, before sbatch sees them
     if args.multirun or args.cfg:
         return None
     return composed

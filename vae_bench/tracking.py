@@ -11,6 +11,8 @@ import math
 import os
 import socket
 import statistics
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,11 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# While a run is `running`, its summary's `heartbeat` (Unix time) is renewed this often, by a
+# thread: it beats through long evaluations too. A heartbeat older than STALE_AFTER_S means the
+# process is gone (10 missed beats: room for clock skew between nodes and a slow file system).
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 600.0
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,9 +57,12 @@ def process_identity() -> dict:
 
 def process_gone(summary: dict) -> bool:
     """Whether the process that wrote a `running` summary has ended without writing its end.
-    Only answerable on the host it ran on; elsewhere (a cluster node) the run stays `running`."""
+    On the host it ran on, the process table says; from another host (a cluster's other node),
+    a heartbeat older than STALE_AFTER_S does."""
     pid, host = summary.get("pid"), summary.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
+    if host != socket.gethostname():
+        return stale_since(summary) is not None
+    if not isinstance(pid, int):
         return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -61,6 +71,15 @@ def process_gone(summary: dict) -> bool:
     except PermissionError:  # it exists, under another user
         return False
     return False
+
+
+def stale_since(summary: dict, now: float | None = None) -> float | None:
+    """The last heartbeat (Unix time) of a `running` summary written on another host, if it is
+    older than STALE_AFTER_S; None if it is fresh, absent, or from this host (see process_gone)."""
+    beat = summary.get("heartbeat")
+    if summary.get("host") == socket.gethostname() or not isinstance(beat, (int, float)):
+        return None
+    return beat if (time.time() if now is None else now) - beat > STALE_AFTER_S else None
 
 
 def _json_number(value: float) -> float | str:
@@ -97,6 +116,10 @@ class Tracker:
             self._truncate_metrics(purge_step, keep_records)
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
         self._metrics = open(self.run_dir / METRICS_FILE, "a")
+        self._summary_lock = threading.Lock()  # the heartbeat thread rewrites summary.json too
+        self._running_summary: dict | None = None  # what the heartbeat renews
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def _truncate_metrics(self, purge_step: int, keep_records: int | None) -> None:
         path = self.run_dir / METRICS_FILE
@@ -157,20 +180,42 @@ class Tracker:
     def write_summary(self, status: str, **fields: Any) -> dict:
         summary: dict[str, Any] = {"status": status, **fields}
         if status == "running":
-            summary.update(process_identity())
+            summary.update(process_identity(), heartbeat=time.time())
         for tag, value in self.latest.items():
             summary[tag] = _json_number(value)
         if self.epoch_seconds:
             summary["train/epoch_seconds"] = statistics.median(self.epoch_seconds)
             summary["train/epoch_seconds_all"] = list(self.epoch_seconds)
-        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        with self._summary_lock:
+            self._running_summary = summary if status == "running" else None
+            atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        if status == "running" and self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._beat, name="vae-bench heartbeat",
+                                               daemon=True)
+            self._heartbeat.start()
         return summary
+
+    def _beat(self) -> None:
+        """Renew the heartbeat of a `running` summary until the run writes its end."""
+        while not self._heartbeat_stop.wait(HEARTBEAT_S):
+            with self._summary_lock:
+                if self._running_summary is None:
+                    continue
+                self._running_summary["heartbeat"] = time.time()
+                text = json.dumps(self._running_summary, indent=2) + "\n"
+                try:
+                    atomic_write_text(self.run_dir / SUMMARY_FILE, text)
+                except OSError:  # a full or vanished disk: the training reports that itself
+                    pass
 
     def flush(self) -> None:
         self.writer.flush()
         self._metrics.flush()
 
     def close(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)  # at most one summary write away
         self.writer.close()
         self._metrics.close()
 

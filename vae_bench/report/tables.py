@@ -5,6 +5,8 @@ that did not complete."""
 from __future__ import annotations
 
 import re
+import socket
+import time
 from collections.abc import Iterable, Sequence
 
 from vae_bench.report.equivalence import OBJECTIVE_TAGS, equivalence_rows, has_sigma_head_knobs
@@ -19,6 +21,7 @@ from vae_bench.report.variants import (
     display_item,
     mean_epochs_to_target,
 )
+from vae_bench.tracking import stale_since
 
 PAIRING_STATEMENT = (
     "Pairing by seed is valid only because runs of the same seed share their initial weights, "
@@ -263,14 +266,42 @@ def unfinished_detail(run: Run) -> str:
         "failed": f"failed: {summary.get('error', 'no error recorded')}",
         "interrupted": f"interrupted ({summary.get('signal', '?')}); resume with "
                        f"`vae-bench resume {run.path}`",
-        KILLED: f"killed: its process (pid {summary.get('pid')} on {summary.get('host')}) ended "
-                "without writing its end (SIGKILL, out of memory, ...); resume with "
-                f"`vae-bench resume {run.path}`",
-        "running": "still running, or killed without a chance to write its end"
-                   + (f" (on {summary['host']}, which this report cannot check)"
-                      if summary.get("host") else ""),
+        KILLED: killed_detail(run),
+        "running": running_detail(summary),
         NO_SUMMARY: "no summary.json: never started training, or killed before it",
     }.get(run.status, f"status {run.status!r}")
+
+
+def clock(unix_time: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_time))
+
+
+def killed_detail(run: Run) -> str:
+    summary = run.summary
+    resume = f"resume with `vae-bench resume {run.path}`"
+    beat = stale_since(summary) if summary.get("status") == "running" else None
+    if beat is not None:
+        return (f"stale since {clock(beat)}: its process (pid {summary.get('pid')} on "
+                f"{summary.get('host')}) stopped renewing its heartbeat, so it is gone; {resume}")
+    if summary.get("slurm_state"):
+        return (f"killed: its SLURM job {summary.get('slurm_job')} ended "
+                f"{summary['slurm_state']} without returning (out of memory, killed, node "
+                f"lost); {resume}")
+    return (f"killed: its process (pid {summary.get('pid')} on {summary.get('host')}) ended "
+            f"without writing its end (SIGKILL, out of memory, ...); {resume}")
+
+
+def running_detail(summary: dict) -> str:
+    pid, host = summary.get("pid"), summary.get("host")
+    if host is None:
+        return "still running, or killed without a chance to write its end"
+    if host == socket.gethostname():  # process_gone found the process alive
+        return f"still running (pid {pid} on {host}, this host)"
+    beat = summary.get("heartbeat")
+    if isinstance(beat, (int, float)):
+        return f"still running on {host} (pid {pid}): its last heartbeat was at {clock(beat)}"
+    return (f"still running, or killed without a chance to write its end (on {host}, which "
+            "this report cannot check: the run predates heartbeats)")
 
 
 def unfinished_rows(runs: list[Run]) -> list[list[str]]:
