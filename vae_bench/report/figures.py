@@ -1,5 +1,6 @@
-"""Figures of one group: test ELBO per epoch, μ/σ-head gradient norms, σ at the end, final
-metrics per variant, and the learning-rate frontier. Tick labels stay plain numbers and every
+"""Figures of one group: test ELBO per epoch, each variant's paired difference to its baseline
+per epoch, μ/σ-head gradient norms, σ at the end, final metrics per variant, and the
+learning-rate frontier. Tick labels stay plain numbers and every
 series has markers, so a 1-epoch or 1-seed sweep still reads."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 from vae_bench.report.group import GroupReport
 from vae_bench.report.runs import Run, as_float, epoch_curve, step_curve
+from vae_bench.report.trends import TREND_TAGS, group_trends
 from vae_bench.report.variants import METRICS
 
 
@@ -117,6 +119,61 @@ def elbo_figure(report: GroupReport, out: Path) -> Path:
     axis.set_title(f"{report.name}\nmean over seeds; band: min–max over seeds", fontsize="small")
     legend(axis, len(report.variants))
     return save_figure(figure, out / f"elbo_{report.slug}.png")
+
+
+TRENDS_LEGEND_MAX = 20  # more lines than this (an lr grid) get no legend: report.json names them
+
+
+def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
+    """variant − baseline per epoch, one panel per tag logged (test ELBO; IWAE NLL where some
+    epoch has it), a Student-t 95% CI band over seed pairs; None without a baseline."""
+    trends = group_trends(report)
+    if not trends:
+        return None
+    plt = pyplot()
+    labels = dict(TREND_TAGS)
+    figure, axes = plt.subplots(1, len(trends), figsize=(6.5 * len(trends), 4.8),
+                                layout="constrained", squeeze=False)
+    palette = dict(zip((v.key for v in report.variants), colors(len(report.variants))))
+    baselines = {t.baseline.label for tag_trends in trends.values() for t in tag_trends}
+    for axis, (tag, tag_trends) in zip(axes[0], trends.items()):
+        all_epochs = sorted({e for t in tag_trends for e in t.epochs})
+        for item in tag_trends:
+            color = palette[item.variant.key]
+            pairs = f"{min(item.n)}" + (f"–{max(item.n)}" if max(item.n) > min(item.n) else "")
+            pairs += " seed pair" + ("" if max(item.n) == 1 else "s")
+            versus = f" vs {item.baseline.label}" if len(baselines) > 1 else ""
+            axis.plot(item.epochs, item.mean, color=color, lw=1.2,
+                      marker="o" if len(item.epochs) <= 30 else None, ms=4,
+                      label=f"{item.variant.label}{versus} ({pairs})")
+            low = np.array([c[0] if c else np.nan for c in item.ci])
+            high = np.array([c[1] if c else np.nan for c in item.ci])
+            axis.fill_between(item.epochs, low, high, color=color, alpha=0.2, lw=0)
+            if len(item.epochs) <= 12:  # a band between a few epochs hides a lone interval
+                mean = np.asarray(item.mean)
+                axis.errorbar(item.epochs, mean, yerr=[mean - low, high - mean], fmt="none",
+                              ecolor=color, capsize=3, lw=1)
+        axis.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        axis.set_xlabel("epoch")
+        if all_epochs[-1] >= 30 * all_epochs[0]:  # a long horizon: early epochs stay readable
+            axis.set_xscale("log")
+            plain_log(axis.xaxis, all_epochs)
+        else:
+            integer_ticks(axis.xaxis, all_epochs)
+        plain_linear(axis.yaxis)
+        axis.set_ylabel(labels[tag])
+        axis.set_title(f"{tag}: mean paired difference over seeds; band (bars): Student-t 95% CI",
+                       fontsize="small")
+        if len(tag_trends) <= TRENDS_LEGEND_MAX:
+            legend(axis, len(tag_trends))
+        else:
+            axis.text(0.01, 0.01, f"{len(tag_trends)} variants; no legend (see report.json)",
+                      transform=axis.transAxes, fontsize="x-small", color="0.3")
+    baseline_text = next(iter(baselines)) if len(baselines) == 1 else \
+        f"the closest of {len(baselines)} baseline variants"
+    figure.suptitle(f"{report.name}: difference to the baseline ({baseline_text}) over "
+                    "training, paired by seed", fontsize="small")
+    return save_figure(figure, out / f"baseline_trend_{report.slug}.png")
 
 
 def gradient_figure(report: GroupReport, out: Path) -> Path:
@@ -391,10 +448,11 @@ def frontier_figure(report: GroupReport, out: Path) -> Path:
 
 
 def draw_figures(report: GroupReport, out: Path) -> list[Path]:
-    figures = [elbo_figure(report, out), gradient_figure(report, out),
-               sigma_figure(report, out), final_metrics_figure(report, out)]
+    figures = [elbo_figure(report, out), baseline_trend_figure(report, out),
+               gradient_figure(report, out), sigma_figure(report, out),
+               final_metrics_figure(report, out)]
     if report.frontier:
         figures.append(frontier_figure(report, out))
-    return figures
+    return [figure for figure in figures if figure is not None]
 
 
