@@ -7,7 +7,7 @@
 # running the script again after it was cut short finishes only what is missing: completed and
 # diverged jobs are skipped, interrupted or killed ones resume. The reports (tables, JSON, CSV,
 # figures) go to docs/findings/<study>/. On a 2-core CPU the studies before long_horizon take
-# about 2 hours with the default 2 jobs of 1 thread each, and long_horizon alone about 7 hours
+# about 2 hours with the default 2 jobs of 1 thread each, and long_horizon alone about 6 hours
 # on idle cores (its preset's header has the budget); JOBS=N runs N jobs at a time (give each a
 # core), STUDIES="…" picks studies.
 #

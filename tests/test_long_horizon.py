@@ -140,3 +140,16 @@ def test_summary_json_holds_the_new_fields(listed_run) -> None:
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert {"test/nll_iwae_final", "eval/iwae_k_final", "posterior/test_saturated_frac",
             *PERCENTILE_TAGS} <= set(on_disk)
+
+
+def test_a_saved_config_with_listed_epochs_merges_for_resume() -> None:
+    """`vae-bench resume` merges config.yaml onto the schema: the list must survive it."""
+    from vae_bench.config import run_schema
+
+    saved = OmegaConf.create(OmegaConf.to_container(compose_config(
+        [*TINY, "eval.iwae_every=[1,3,30]", "eval.iwae_k_final=9", "optim.schedule=burda"]),
+        resolve=True))
+    cfg = OmegaConf.merge(run_schema(saved), saved)
+    validate(cfg)
+    assert list(cfg.eval.iwae_every) == [1, 3, 30] and cfg.eval.iwae_k_final == 9
+    assert cfg.optim.schedule == "burda"
