@@ -5,92 +5,24 @@ series has markers, so a 1-epoch or 1-seed sweep still reads."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from vae_bench.report.group import GroupReport
+from vae_bench.report.plotting import (
+    colors,
+    integer_ticks,
+    legend,
+    plain_linear,
+    plain_log,
+    plain_number,
+    pyplot,
+    save_figure,
+)
 from vae_bench.report.runs import Run, as_float, epoch_curve, step_curve
-from vae_bench.report.trends import TREND_TAGS, group_trends
+from vae_bench.report.trends import baseline_trend_figure
 from vae_bench.report.variants import METRICS
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, also on machines without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(figure, path: Path) -> Path:
-    """Render to a temporary file, then rename: a reader never sees half a PNG."""
-    plt = pyplot()
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
-
-
-def colors(count: int):
-    plt = pyplot()
-    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(count)]
-
-
-def legend(axis, count: int) -> None:
-    if count:
-        axis.legend(fontsize="small" if count <= 8 else "x-small", loc="best",
-                    ncol=1 if count <= 10 else 2)
-
-
-def plain_number(value: float, _position=None) -> str:
-    return f"{value:g}"
-
-
-def plain_linear(axis) -> None:
-    """No offset and no ×10^k: values such as -105.62..-105.50 are read as they are."""
-    from matplotlib.ticker import ScalarFormatter
-
-    formatter = ScalarFormatter(useOffset=False)
-    formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)
-
-
-def plain_log(axis, values) -> None:
-    """A log axis labelled `3` and `0.01`, not `3×10^0`. Within a decade every minor tick gets a
-    label (there may be no power of ten in view, and the view is widened to hold a few ticks);
-    over up to three decades the 2s and 5s do; beyond that only the powers of ten."""
-    from matplotlib.ticker import FuncFormatter
-
-    positive = [v for v in values if v > 0]
-    span = max(positive) / min(positive) if positive else 1e9
-    labelled = {2, 3, 4, 5, 6, 7, 8, 9} if span < 10 else {2, 5} if span < 1000 else set()
-
-    def minor_label(value: float, _position=None) -> str:
-        mantissa = round(value / 10 ** np.floor(np.log10(value)))
-        return plain_number(value) if mantissa in labelled else ""
-
-    axis.set_major_formatter(FuncFormatter(plain_number))
-    axis.set_minor_formatter(FuncFormatter(minor_label))
-    if positive and span < 3:
-        setter = axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim
-        setter(min(positive) / 1.5, max(positive) * 1.5)
-
-
-def integer_ticks(axis, values) -> None:
-    """Epochs and steps are whole numbers; a single epoch is one labelled tick, not 0.96..1.04."""
-    values = sorted(set(values))
-    if values and len(values) <= 12:
-        axis.set_ticks(values)
-        if len(values) == 1:
-            setter = axis.axes.set_xlim if axis is axis.axes.xaxis else axis.axes.set_ylim
-            setter(values[0] - 1, values[0] + 1)
-    else:
-        axis.get_major_locator().set_params(integer=True)
 
 
 def elbo_figure(report: GroupReport, out: Path) -> Path:
@@ -119,61 +51,6 @@ def elbo_figure(report: GroupReport, out: Path) -> Path:
     axis.set_title(f"{report.name}\nmean over seeds; band: min–max over seeds", fontsize="small")
     legend(axis, len(report.variants))
     return save_figure(figure, out / f"elbo_{report.slug}.png")
-
-
-TRENDS_LEGEND_MAX = 20  # more lines than this (an lr grid) get no legend: report.json names them
-
-
-def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
-    """variant − baseline per epoch, one panel per tag logged (test ELBO; IWAE NLL where some
-    epoch has it), a Student-t 95% CI band over seed pairs; None without a baseline."""
-    trends = group_trends(report)
-    if not trends:
-        return None
-    plt = pyplot()
-    labels = dict(TREND_TAGS)
-    figure, axes = plt.subplots(1, len(trends), figsize=(6.5 * len(trends), 4.8),
-                                layout="constrained", squeeze=False)
-    palette = dict(zip((v.key for v in report.variants), colors(len(report.variants))))
-    baselines = {t.baseline.label for tag_trends in trends.values() for t in tag_trends}
-    for axis, (tag, tag_trends) in zip(axes[0], trends.items()):
-        all_epochs = sorted({e for t in tag_trends for e in t.epochs})
-        for item in tag_trends:
-            color = palette[item.variant.key]
-            pairs = f"{min(item.n)}" + (f"–{max(item.n)}" if max(item.n) > min(item.n) else "")
-            pairs += " seed pair" + ("" if max(item.n) == 1 else "s")
-            versus = f" vs {item.baseline.label}" if len(baselines) > 1 else ""
-            axis.plot(item.epochs, item.mean, color=color, lw=1.2,
-                      marker="o" if len(item.epochs) <= 30 else None, ms=4,
-                      label=f"{item.variant.label}{versus} ({pairs})")
-            low = np.array([c[0] if c else np.nan for c in item.ci])
-            high = np.array([c[1] if c else np.nan for c in item.ci])
-            axis.fill_between(item.epochs, low, high, color=color, alpha=0.2, lw=0)
-            if len(item.epochs) <= 12:  # a band between a few epochs hides a lone interval
-                mean = np.asarray(item.mean)
-                axis.errorbar(item.epochs, mean, yerr=[mean - low, high - mean], fmt="none",
-                              ecolor=color, capsize=3, lw=1)
-        axis.axhline(0.0, color="0.4", lw=0.8, ls="--")
-        axis.set_xlabel("epoch")
-        if all_epochs[-1] >= 30 * all_epochs[0]:  # a long horizon: early epochs stay readable
-            axis.set_xscale("log")
-            plain_log(axis.xaxis, all_epochs)
-        else:
-            integer_ticks(axis.xaxis, all_epochs)
-        plain_linear(axis.yaxis)
-        axis.set_ylabel(labels[tag])
-        axis.set_title(f"{tag}: mean paired difference over seeds; band (bars): Student-t 95% CI",
-                       fontsize="small")
-        if len(tag_trends) <= TRENDS_LEGEND_MAX:
-            legend(axis, len(tag_trends))
-        else:
-            axis.text(0.01, 0.01, f"{len(tag_trends)} variants; no legend (see report.json)",
-                      transform=axis.transAxes, fontsize="x-small", color="0.3")
-    baseline_text = next(iter(baselines)) if len(baselines) == 1 else \
-        f"the closest of {len(baselines)} baseline variants"
-    figure.suptitle(f"{report.name}: difference to the baseline ({baseline_text}) over "
-                    "training, paired by seed", fontsize="small")
-    return save_figure(figure, out / f"baseline_trend_{report.slug}.png")
 
 
 def gradient_figure(report: GroupReport, out: Path) -> Path:
