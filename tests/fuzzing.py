@@ -23,13 +23,16 @@ ONLY_BAD_VALUES = {"trainer.compile", "data.download", "data.root"}
 # Valid values kept small, so that an accepted set trains in seconds.
 SMALL_INTS = {"trainer.epochs": (1, 2), "trainer.batch_size": (8, 64), "model.latent_dim": (1, 8),
               "dataset.num_train": (8, 64), "dataset.num_test": (4, 32), "eval.iwae_k": (1, 4),
-              "eval.batch_size": (8, 64), "eval.iwae_chunk": (1, 4), "dataset.image_size": (4, 16),
+              "eval.batch_size": (8, 64), "eval.iwae_chunk": (1, 4), "eval.iwae_k_final": (1, 4),
+              "dataset.image_size": (4, 16),
               "dataset.channels": (1, 3), "trainer.threads": (1, 2)}
 STRING_VALUES = {"trainer.device": ["auto", "cpu", "gpu", "cuda:x", "cuda:99", "cpu0"],
                  "trainer.precision": ["fp32", "bf16", "fp16"],
                  "trainer.on_nonfinite": ["stop", "skip", "ignore"],
                  "model.activation": ["relu", "tanh", "gelu"],
-                 "likelihood.param": ["logvar", "softplus_std", "sigmoid_bounded", "log_var"]}
+                 "likelihood.param": ["logvar", "softplus_std", "sigmoid_bounded", "log_var"],
+                 "optim.schedule": ["none", "burda", "cosine", "step"],
+                 "eval.iwae_every": ["0", "1", "-1", "[1]", "[0,1]", "[]", "[2,x]"]}
 WRONG_TYPES = ["abc", "1.5", "[1,2]", "true", "null", "", "{a: 1}", "-0"]
 
 

@@ -558,3 +558,90 @@ def test_variant_override_is_an_ordinary_key(tmp_path: Path, capsys) -> None:
     row = table_rows(comparison, "variant=logstd_equivalence_sgd_logstd")[0]
     assert row[1:5] == ["variant=logstd_equivalence_sgd_logvar", "test/elbo", "paired t",
                         "3 pairs"]
+
+
+# ---- difference to the baseline over training ---------------------------------------------------
+
+
+def add_iwae_records(run: Path, values: dict[int, float]) -> None:
+    """test/nll_iwae at some epochs only, as eval.iwae_every=[…] logs it."""
+    with open(run / "metrics.jsonl", "a") as handle:
+        for epoch, value in values.items():
+            handle.write(json.dumps({"step": 10 * epoch, "epoch": epoch,
+                                     "test/nll_iwae": value}) + "\n")
+
+
+@pytest.fixture
+def growing_gap(tmp_path: Path) -> Path:
+    """logstd falls behind logvar by seed-dependent amounts that grow with the epoch; softplus_std
+    has seed 0 only, and logvar's seed 3 has no partner. IWAE NLL is logged at epochs 1 and 4."""
+    sweep = tmp_path / "gap"
+    base = [-130.0, -115.0, -108.0, -104.0]
+    for seed in range(4):
+        run = make_run(sweep, ["param=logvar", f"seed={seed}"],
+                       curve=[v + 0.3 * seed for v in base])
+        add_iwae_records(run, {1: 125.0 - seed, 4: 100.0 - seed})
+    for seed in range(3):
+        gap = [-(0.5 + 0.1 * seed) * epoch for epoch in range(1, 5)]  # −0.5…−0.7 per epoch
+        run = make_run(sweep, ["param=logstd", f"seed={seed}"],
+                       curve=[v + 0.3 * seed + g for v, g in zip(base, gap)])
+        add_iwae_records(run, {1: 125.0 - seed + 0.2, 4: 100.0 - seed + 1.0 + 0.1 * seed})
+    make_run(sweep, ["param=softplus_std", "seed=0"], curve=[-129.0, -114.0])
+    return sweep
+
+
+def test_paired_difference_to_the_baseline_per_epoch(growing_gap: Path, capsys) -> None:
+    from scipy import stats as scipy_stats
+
+    from vae_bench.report.trends import group_trends
+
+    options = report.parse_args([str(growing_gap)])
+    result = report.build([growing_gap], growing_gap, options)
+    (group,) = result["groups"]
+    trends = group_trends(group)
+    elbo = {t.variant.label: t for t in trends["test/elbo"]}
+    assert set(elbo) == {"param=logstd", "param=softplus_std"}
+    logstd = elbo["param=logstd"]
+    assert logstd.epochs == [1, 2, 3, 4] and logstd.n == [3, 3, 3, 3]  # seed 3: no partner
+    for index, epoch in enumerate(logstd.epochs):
+        differences = [-(0.5 + 0.1 * seed) * epoch for seed in range(3)]
+        assert logstd.mean[index] == pytest.approx(np.mean(differences))
+        half = scipy_stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / np.sqrt(3)
+        assert logstd.ci[index] == pytest.approx((np.mean(differences) - half,
+                                                  np.mean(differences) + half))
+    # One seed pair: the mean difference, and no band.
+    softplus = elbo["param=softplus_std"]
+    assert softplus.epochs == [1, 2] and softplus.n == [1, 1] and softplus.ci == [None, None]
+    assert softplus.mean == pytest.approx([1.0, 1.0])
+    # IWAE NLL where logged: epoch 1 (every pair +0.2, no spread: no band) and epoch 4.
+    (nll,) = trends["test/nll_iwae"]
+    assert nll.epochs == [1, 4]
+    assert nll.mean == pytest.approx([0.2, 1.1]) and nll.ci[0] is None
+    assert nll.ci[1][0] < 1.1 < nll.ci[1][1]
+
+    md = (growing_gap / "report.md").read_text()
+    png = growing_gap / "baseline_trend_mnist_mlp_bernoulli.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert f"![Paired difference to the baseline per epoch]({png.name})" in md
+
+
+def test_no_trend_figure_without_a_baseline(growing_gap: Path, capsys) -> None:
+    run_report(capsys, growing_gap, "--baseline", "param=natural")
+    assert not list(growing_gap.glob("baseline_trend_*.png"))
+    assert list(growing_gap.glob("elbo_*.png"))
+
+
+def test_runs_differing_only_in_the_final_iwae_k_pair_as_one_variant(tmp_path: Path,
+                                                                     capsys) -> None:
+    """experiment=long_horizon: seed 0 ends with k=5000, seeds 1 and 2 with k=1000."""
+    sweep = tmp_path / "horizon"
+    for param, gap in (("logvar", 0.0), ("logstd", -1.0)):
+        for seed in range(3):
+            k_final = 5000 if seed == 0 else 1000
+            make_run(sweep, [f"param={param}", f"seed={seed}", f"eval.iwae_k_final={k_final}"],
+                     curve=[-110.0 + gap * seed, -100.0 + gap * seed ** 2])
+    run_report(capsys, sweep, "--no-figures")
+    rows = read_csv(sweep / "report.csv")
+    assert sorted({row["variant"] for row in rows}) == ["param=logstd", "param=logvar"]
+    comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
+    assert table_rows(comparison, "param=logstd")[0][3:5] == ["paired t", "3 pairs"]

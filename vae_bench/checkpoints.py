@@ -46,6 +46,7 @@ class TrainState:
     epoch_seconds: float = 0.0  # of the epoch just trained
     epoch_examples_per_s: float = 0.0
     iwae_seconds: float | None = None
+    iwae_final_seconds: float | None = None  # eval.iwae_k_final's estimate
     log_sigma_quantiles: list[float] = field(default_factory=list)  # at the last evaluation
     tracker: dict = field(default_factory=lambda: {"epoch_seconds": []})
 
@@ -58,19 +59,21 @@ def _write_temp(payload: dict, tmp: Path) -> None:
 
 
 def save(run_dir: Path, model, optimizer, order_generator: torch.Generator,
-         binarize_generator: torch.Generator, state: TrainState) -> Path:
+         binarize_generator: torch.Generator, state: TrainState, scheduler=None) -> Path:
     """Write `last.pt`, keeping the one it replaces as `previous.pt`.
 
     The new file is complete on disk before either rename, so a crash while writing leaves
     `last.pt` as it was; a crash between the two renames leaves `previous.pt`, which `load_payload`
     falls back to. `order_generator` is saved through `state.order_state` (its state at the start
-    of the epoch), which is what a resumed epoch needs to redraw the same order.
+    of the epoch), which is what a resumed epoch needs to redraw the same order. `scheduler`, the
+    learning-rate schedule (None without one), is saved beside the optimizer.
     """
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "state": asdict(state),
         "cpu_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -116,10 +119,17 @@ def load_payload(run_dir: Path) -> tuple[dict, Path]:
 
 
 def restore(run_dir: Path, model, optimizer, order_generator: torch.Generator,
-            binarize_generator: torch.Generator) -> TrainState:
-    payload, _ = load_payload(run_dir)
+            binarize_generator: torch.Generator, scheduler=None) -> TrainState:
+    """Load the newest usable checkpoint into these objects. `scheduler` must be built before
+    the optimizer is restored here: building one sets the optimizer's lr to its first value."""
+    payload, path = load_payload(run_dir)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None:
+        if payload.get("scheduler") is None:
+            raise CheckpointError(f"{path} holds no learning-rate schedule state, but this run "
+                                  "has one (optim.schedule); it cannot continue bitwise.")
+        scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["cpu_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])

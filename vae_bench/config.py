@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -17,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from vae_bench.data import DATASET_NAMES
 from vae_bench.likelihoods import LIKELIHOOD_NAMES, SCALE_MODES
 from vae_bench.parameterizations import SIGMA_MAPS
+from vae_bench.schedules import SCHEDULES
 
 MODEL_NAMES = ("mlp", "mlp_iwae", "conv")
 OPTIMIZER_NAMES = ("adam", "sgd")
@@ -136,6 +138,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global L2 norm; null disables clipping
     sigma_head_lr_mult: float = 1.0  # learning rate of the encoder σ head, relative to lr
+    # none | burda | cosine: lr over the run's steps (vae_bench/schedules.py says exactly how)
+    schedule: str = "none"
 
 
 @dataclass
@@ -172,7 +176,13 @@ class EvalConfig:
     batch_size: int = 1000
     iwae_k: int = 1000
     iwae_chunk: int = 100  # importance samples held in memory at once
-    iwae_every: int = 0  # epochs between IWAE evaluations; 0 means only at the end
+    # When IWAE (k = iwae_k) runs besides the last epoch: every N epochs (0: only at the end), or
+    # at the epochs listed, e.g. [10,30,100,300]. Any: OmegaConf has no int-or-list type;
+    # `validate` checks it.
+    iwae_every: Any = 0
+    # k of a second IWAE estimate after the last epoch, test/nll_iwae_final (e.g. 5000, as
+    # Burda et al. report); null: none. test/nll_iwae keeps k = iwae_k at every epoch it is logged.
+    iwae_k_final: int | None = None
     iwae_max_examples: int | None = None  # evaluate IWAE on the first N test examples only
 
 
@@ -356,6 +366,7 @@ def validate(cfg: DictConfig) -> None:
     problems.positive("optim.lr", optim.lr)
     problems.at_least("optim.weight_decay", optim.weight_decay, 0)
     problems.positive("optim.sigma_head_lr_mult", optim.sigma_head_lr_mult)
+    problems.choice("optim.schedule", optim.schedule, SCHEDULES)
     if "eps" in optim:
         problems.positive("optim.eps", optim.eps)
     if "momentum" in optim:
@@ -425,7 +436,9 @@ def validate(cfg: DictConfig) -> None:
 
     for key in ("batch_size", "iwae_k", "iwae_chunk"):
         problems.at_least(f"eval.{key}", cfg.eval[key], 1)
-    problems.at_least("eval.iwae_every", cfg.eval.iwae_every, 0)
+    check_iwae_every(problems, cfg.eval.iwae_every)
+    if cfg.eval.iwae_k_final is not None:
+        problems.at_least("eval.iwae_k_final", cfg.eval.iwae_k_final, 1)
     if cfg.eval.iwae_max_examples is not None:
         problems.at_least("eval.iwae_max_examples", cfg.eval.iwae_max_examples, 1)
 
@@ -449,6 +462,23 @@ def validate(cfg: DictConfig) -> None:
 
     if problems.found:
         raise ConfigError("Invalid configuration: " + "; ".join(problems.found) + ".")
+
+
+def check_iwae_every(problems: Problems, every) -> None:
+    """A whole number >= 0 (an interval), or a list of epochs >= 1."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if OmegaConf.is_list(every) or isinstance(every, list):
+        epochs = list(every)
+        if not all(whole(epoch) and epoch >= 1 for epoch in epochs):
+            problems.add("eval.iwae_every", f"eval.iwae_every={format_value(epochs)}: the epochs "
+                         "listed must be whole numbers >= 1",
+                         " (e.g. `eval.iwae_every=[10,30,100,300]`)")
+    elif not whole(every) or every < 0:
+        problems.add("eval.iwae_every", f"eval.iwae_every={format_value(every)} must be a whole "
+                     "number >= 0 (IWAE every N epochs; 0: only at the end) or a list of epochs",
+                     " (e.g. `eval.iwae_every=10` or `eval.iwae_every=[10,30,100,300]`)")
 
 
 def data_root(cfg: DictConfig) -> Path:

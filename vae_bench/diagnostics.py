@@ -27,6 +27,9 @@ from vae_bench.tracking import Tracker  # noqa: E402
 QUANTILE_LEVELS = torch.linspace(0, 1, 101)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_d]) > 0.01
 SATURATION_TOLERANCE = 0.01  # σ within 1% of a bound of its map counts as saturated
+# Percentiles of σ over the test set (every example and latent) logged each epoch; the summary
+# keeps all of 0..100 of log σ at the last evaluation.
+SIGMA_PERCENTILES = (1, 10, 50, 90, 99)
 
 LAYOUT = {
     "vae-bench: objective": {
@@ -50,7 +53,10 @@ LAYOUT = {
             "Multiline", ["posterior/s_mean", "posterior/s_min", "posterior/s_max"]],
         # A fraction in [0, 1] and a count up to the latent size: one axis would flatten the
         # fraction, so each gets its own chart.
-        "saturated fraction of sigma": ["Multiline", ["posterior/saturated_frac"]],
+        "saturated fraction of sigma": [
+            "Multiline", ["posterior/saturated_frac", "posterior/test_saturated_frac"]],
+        "sigma percentiles (test)": [
+            "Multiline", [f"posterior/test_sigma_p{p}" for p in SIGMA_PERCENTILES]],
         "active latent units (test)": ["Multiline", ["latent/active_units"]],
     },
 }
@@ -192,19 +198,23 @@ class Diagnostics:
 @torch.no_grad()
 def latent_usage(results: dict, tracker: Tracker, step: int, model: VAE, test_images: Tensor,
                  binarize: bool, images: bool) -> dict[str, float]:
-    """Active units and per-dimension KL from an evaluation, plus image grids."""
+    """Active units (Burda et al.'s criterion: the variance over the test set of each latent's
+    posterior mean above 0.01), the share of test σ within 1% of a bound of the map, and
+    per-dimension KL from an evaluation, plus image grids."""
     activity = results["posterior_means"].double().var(dim=0)
     active_units = int((activity > ACTIVE_UNIT_THRESHOLD).sum().item())
     kl_per_dim = results["kl_per_dim"].float()
     tracker.histogram("latent/kl_per_dim", kl_per_dim, step)
     logvar = results["posterior_logvars"].float()
+    bounds = model.sigma_map.sigma_bounds(model.param_options)
+    saturated = saturated_fraction((0.5 * logvar).exp(), bounds).item()
     finite = logvar[torch.isfinite(logvar)]
     if finite.numel():
         tracker.histogram("posterior/test_logvar", finite, step)
     tracker.figure("latent/kl_per_dim_sorted", sorted_kl_figure(kl_per_dim.cpu()), step)
     if images:
         log_images(model, test_images, binarize, tracker, step)
-    return {"latent/active_units": active_units}
+    return {"latent/active_units": active_units, "posterior/test_saturated_frac": saturated}
 
 
 def log_sigma_quantiles(results: dict) -> list[float]:
@@ -212,6 +222,12 @@ def log_sigma_quantiles(results: dict) -> list[float]:
     distribution at an evaluation, small enough for summary.json."""
     log_sigma = 0.5 * results["posterior_logvars"].float().flatten().cpu()
     return torch.quantile(log_sigma, QUANTILE_LEVELS).tolist()
+
+
+def sigma_percentile_scalars(log_sigma_quantiles: list[float]) -> dict[str, float]:
+    """σ's test percentiles SIGMA_PERCENTILES, from the 0..100 percentiles of log σ."""
+    return {f"posterior/test_sigma_p{p}": math.exp(log_sigma_quantiles[p])
+            for p in SIGMA_PERCENTILES}
 
 
 def sorted_kl_figure(kl_per_dim: Tensor):

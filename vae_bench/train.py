@@ -24,11 +24,17 @@ from tqdm import tqdm
 from vae_bench import checkpoints
 from vae_bench.config import data_root, pick_device
 from vae_bench.data import dataset_label, load_splits, to_float
-from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
+from vae_bench.diagnostics import (
+    Diagnostics,
+    latent_usage,
+    log_sigma_quantiles,
+    sigma_percentile_scalars,
+)
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
 from vae_bench.likelihoods import CONTINUOUS_LIKELIHOODS
 from vae_bench.models import VAE
 from vae_bench.objectives import bits_per_dim
+from vae_bench.schedules import build_scheduler, lr_factor
 from vae_bench.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,7 @@ class Run:
     test_images: torch.Tensor
     model: VAE
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None  # None: optim.schedule=none
     order_generator: torch.Generator  # data order, on the CPU
     binarize_generator: torch.Generator
     tracker: Tracker
@@ -150,7 +157,7 @@ class Run:
         if self.diagnostics:
             self.state.diagnostics = self.diagnostics.state()
         checkpoints.save(self.run_dir, self.model, self.optimizer, self.order_generator,
-                         self.binarize_generator, self.state)
+                         self.binarize_generator, self.state, self.scheduler)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -198,13 +205,19 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
              len(splits.test))
     model = VAE(cfg, splits.image_shape).to(device)
     optimizer = build_optimizer(cfg.optim, model)
+    steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
+    if cfg.trainer.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.trainer.max_steps_per_epoch)
+    # Before the restore: the optimizer's saved state then sets the lr it had at the checkpoint.
+    scheduler = build_scheduler(cfg.optim.schedule, optimizer,
+                                cfg.trainer.epochs * steps_per_epoch)
     order_generator = torch.Generator().manual_seed(cfg.seed)
     binarize_generator = torch.Generator(device).manual_seed(cfg.seed + 1)
     state = checkpoints.TrainState()
     purge_step = keep_records = None
     if resume:
         state = checkpoints.restore(run_dir, model, optimizer, order_generator,
-                                    binarize_generator)
+                                    binarize_generator, scheduler)
         purge_step, keep_records = state.step + 1, state.tracker.get("metrics_records")
     elif start_over:  # an earlier attempt logged but never checkpointed: drop all it logged
         purge_step, keep_records = 0, 0
@@ -218,12 +231,9 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
         diagnostics.load_state(state.diagnostics, device)
     if diagnostics and not resume:
         diagnostics.write_layout()
-    steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
-    if cfg.trainer.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.trainer.max_steps_per_epoch)
     return Run(cfg, run_dir, device, splits.train.to(device), splits.test.to(device), model,
-               optimizer, order_generator, binarize_generator, tracker, diagnostics, state,
-               steps_per_epoch, compiled_step_terms(cfg), data_label)
+               optimizer, scheduler, order_generator, binarize_generator, tracker, diagnostics,
+               state, steps_per_epoch, compiled_step_terms(cfg), data_label)
 
 
 def train(cfg: DictConfig, run_dir: Path, resume: bool = False, quiet: bool = False,
@@ -268,9 +278,12 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
         if not count and not bad_steps.item():
             return  # no step since the last log (an epoch ending on a log step): no duplicates
         if count:
-            means = (elbo / count, recon_nll / count, kl / count)
-            run.tracker.scalars(dict(zip(TRAIN_TAGS, means, strict=True)), state.step,
-                                state.epoch + 1)
+            means = dict(zip(TRAIN_TAGS, (elbo / count, recon_nll / count, kl / count),
+                             strict=True))
+            if run.scheduler:  # the lr of the window's last step
+                means["train/lr"] = cfg.optim.lr * lr_factor(
+                    cfg.optim.schedule, state.step - 1, cfg.trainer.epochs * run.steps_per_epoch)
+            run.tracker.scalars(means, state.step, state.epoch + 1)
         window.zero_()
         state.nonfinite_steps += int(bad_steps.item())
         bad_steps.zero_()
@@ -330,6 +343,8 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
             count = torch.full((), len(index), device=run.device, dtype=recon_nll.dtype)
             window += torch.stack([-(recon_nll + kl).sum(), recon_nll.sum(), kl.sum(),
                                    count]).detach().double()
+        if run.scheduler:  # skipped steps count too: the schedule follows state.step
+            run.scheduler.step()
         log_due = state.step % cfg.log.every_steps == 0
         # Stop mode also reads the flag before anything is logged or checkpointed, so that
         # neither ever holds a value from after the blow-up.
@@ -385,9 +400,11 @@ def end_epoch(run: Run, quiet: bool = False) -> dict:
     scalars = {tag: results[tag].item() for tag in ("test/elbo", "test/recon_nll", "test/kl")}
     scalars["train/epoch_seconds"] = state.epoch_seconds
     scalars["train/examples_per_s"] = state.epoch_examples_per_s
-    iwae_due = cfg.eval.iwae_every and state.epoch % cfg.eval.iwae_every == 0
-    if state.epoch == cfg.trainer.epochs or iwae_due:
+    last_epoch = state.epoch == cfg.trainer.epochs
+    if last_epoch or iwae_due(cfg.eval.iwae_every, state.epoch):
         scalars["test/nll_iwae"] = iwae_nll(run, quiet)
+    if last_epoch and cfg.eval.iwae_k_final:
+        scalars["test/nll_iwae_final"] = iwae_nll(run, quiet, final=True)
     scalars.update(bits_per_dim_scalars(run, scalars))
     if not all(math.isfinite(value) for value in scalars.values()):
         # Finite steps can still leave a model whose test metrics overflow (SGD at lr=1 does):
@@ -400,6 +417,7 @@ def end_epoch(run: Run, quiet: bool = False) -> dict:
         scalars.update(latent_usage(results, run.tracker, state.step, run.model,
                                     run.test_images, cfg.dataset.binarize, cfg.log.images))
         state.log_sigma_quantiles = log_sigma_quantiles(results)
+        scalars.update(sigma_percentile_scalars(state.log_sigma_quantiles))
     run.tracker.scalars(scalars, state.step, state.epoch)
     log.info(epoch_line(state.epoch, cfg.trainer.epochs, scalars))
     run.save_checkpoint()
@@ -418,15 +436,28 @@ def bits_per_dim_scalars(run: Run, scalars: dict) -> dict:
     return bpd
 
 
-def iwae_nll(run: Run, quiet: bool = False) -> float:
+def iwae_due(every: int | list[int], epoch: int) -> bool:
+    """`eval.iwae_every`: an interval in epochs (0: none but the last), or a list of epochs."""
+    if isinstance(every, int):
+        return every > 0 and epoch % every == 0
+    return epoch in every
+
+
+def iwae_nll(run: Run, quiet: bool = False, final: bool = False) -> float:
+    """IWAE NLL with k = eval.iwae_k, or with eval.iwae_k_final and its own samples (`final`)."""
     cfg = run.cfg
+    k = cfg.eval.iwae_k_final if final else cfg.eval.iwae_k
     images = run.test_images[:cfg.eval.iwae_max_examples or None]
-    generator = torch.Generator(run.device).manual_seed(cfg.seed + 3)
-    rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, cfg.eval.iwae_k))
+    generator = torch.Generator(run.device).manual_seed(cfg.seed + (4 if final else 3))
+    rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, k))
     start = time.perf_counter()
-    value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, cfg.eval.iwae_k,
+    value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, k,
                           cfg.eval.iwae_chunk, generator, progress=not quiet).item()
-    run.state.iwae_seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if final:
+        run.state.iwae_final_seconds = seconds
+    else:
+        run.state.iwae_seconds = seconds
     return value
 
 
@@ -460,6 +491,10 @@ def finish(run: Run, outcome: dict) -> dict:
         fields["posterior/test_log_sigma_percentiles"] = state.log_sigma_quantiles
     if state.iwae_seconds is not None:
         fields["eval/iwae_seconds"] = state.iwae_seconds
+    if run.cfg.eval.iwae_k_final:
+        fields["eval/iwae_k_final"] = run.cfg.eval.iwae_k_final
+    if state.iwae_final_seconds is not None:
+        fields["eval/iwae_final_seconds"] = state.iwae_final_seconds
     summary = tracker.write_summary(status, **fields)
     tracker.close()
     return summary

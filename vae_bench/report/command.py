@@ -17,7 +17,9 @@ from vae_bench.report.variants import DEFAULT_BASELINE, parse_baseline
 from vae_bench.tracking import atomic_write_text
 
 DEFAULT_GROUP_BY = ("dataset", "model", "likelihood")
-FIGURE_CAPTIONS = {"elbo": "Test ELBO per epoch", "grad_norms": "μ- and σ-head gradient norms",
+FIGURE_CAPTIONS = {"elbo": "Test ELBO per epoch",
+                   "baseline_trend": "Paired difference to the baseline per epoch",
+                   "grad_norms": "μ- and σ-head gradient norms",
                    "sigma": "σ at the end of training", "final": "Final metrics per variant",
                    "frontier": "Final test ELBO against the learning rate"}
 

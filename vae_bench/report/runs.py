@@ -22,6 +22,10 @@ FALLBACK_EXCLUDE_KEYS = ("experiment", "data.root", "data.download", "trainer.de
                          "trainer.threads", "log.quiet", "hydra.launcher", "hydra/launcher")
 # Config keys that never make two runs different experiments.
 IGNORED_CONFIG_PREFIXES = ("seed", "data.", "trainer.device", "trainer.threads", "log.quiet")
+# Overrides that change no value a variant is compared on: eval.iwae_k_final only adds its own
+# tag, test/nll_iwae_final, after training. A study may give it a larger k for some seeds than
+# for others (experiment=long_horizon), and those seeds still pair as one variant.
+NOT_A_VARIANT_KEY = {"eval.iwae_k_final"}
 
 
 class ReportError(ValueError):
@@ -182,7 +186,8 @@ def excluded_override_keys() -> set[str]:
     leaves the overrides every job shares out of folder names.)
 
     `experiment` is taken back in: it is out of folder names because the sweep folder already
-    tells which preset ran, but a preset does change what a run computes.
+    tells which preset ran, but a preset does change what a run computes. NOT_A_VARIANT_KEY is
+    added.
     """
     from vae_bench.config import config_dir
 
@@ -192,7 +197,7 @@ def excluded_override_keys() -> set[str]:
     except (TypeError, KeyError):
         keys = None
     keys = set(keys if isinstance(keys, list) else FALLBACK_EXCLUDE_KEYS)
-    return keys - {"experiment"}
+    return (keys - {"experiment"}) | NOT_A_VARIANT_KEY
 
 
 def variant_of(overrides: list[str], excluded: set[str]) -> tuple[str, ...]:

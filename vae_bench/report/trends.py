@@ -1,0 +1,177 @@
+"""Each variant's paired difference to its baseline over training: per epoch, variant − baseline
+of test ELBO and of IWAE NLL (at the epochs it was logged), the mean over the seeds both sides
+logged that epoch, with a Student-t 95% CI band (stats.paired_t). A curve shows whether a gap
+grows, shrinks or changes sign with training, which the final-value tables cannot.
+
+Every run with a logged value counts, whatever its status: an unfinished or diverged run's
+epochs before it stopped are real values, and how many seed pairs each point rests on is kept
+(`n`) and shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_bench.report.group import GroupReport
+from vae_bench.report.plotting import (
+    colors,
+    integer_ticks,
+    legend,
+    plain_linear,
+    plain_log,
+    pyplot,
+    save_figure,
+)
+from vae_bench.report.runs import Run, epoch_curve
+from vae_bench.report.stats import paired_t
+from vae_bench.report.variants import Variant
+
+# (tag, axis label): the label says which sign is better
+TREND_TAGS = (("test/elbo", "Δ test ELBO (nats; > 0: variant better)"),
+              ("test/nll_iwae", "Δ IWAE NLL (nats; < 0: variant better)"))
+PANELS_MAX = 9  # up to this many variants get a row of panels each; more share one panel per tag
+
+
+@dataclass
+class Trend:
+    """variant − baseline of one tag, per epoch at which some seed pair logged it."""
+
+    variant: Variant
+    baseline: Variant
+    tag: str
+    epochs: list[int]
+    mean: list[float]
+    ci: list[tuple[float, float] | None]  # None: fewer than 2 pairs, or no spread
+    n: list[int]  # seed pairs at that epoch
+
+
+def curves_by_seed(runs: list[Run], tag: str) -> dict[object, dict[int, float]]:
+    """Each seed's curve; a seed with two runs in one variant cannot be paired, so it is left
+    out (mark_duplicates sets aside runs of the same config and seed before this)."""
+    seeds = [run.seed for run in runs]
+    return {run.seed: curve for run in runs
+            if seeds.count(run.seed) == 1 and (curve := epoch_curve(run, tag))}
+
+
+def trend(variant: Variant, baseline: Variant, tag: str) -> Trend | None:
+    mine, theirs = curves_by_seed(variant.runs, tag), curves_by_seed(baseline.runs, tag)
+    seeds = sorted(set(mine) & set(theirs), key=str)
+    epochs = sorted({e for s in seeds for e in mine[s] if e in theirs[s]})
+    if not epochs:
+        return None
+    result = Trend(variant, baseline, tag, epochs, [], [], [])
+    for epoch in epochs:
+        pairs = [(mine[s][epoch], theirs[s][epoch]) for s in seeds
+                 if epoch in mine[s] and epoch in theirs[s]]
+        test = paired_t([v for v, _ in pairs], [b for _, b in pairs])
+        result.mean.append(test.difference)
+        result.ci.append(test.ci)
+        result.n.append(len(pairs))
+    return result
+
+
+def baseline_pairs(report: GroupReport) -> list[tuple[Variant, Variant]]:
+    """(variant, its baseline) in the order of the report's comparison table."""
+    pairs = []
+    for comparison in report.comparisons:
+        pair = (comparison.variant, comparison.baseline)
+        if all(pair[0] is not v for v, _ in pairs):
+            pairs.append(pair)
+    return pairs
+
+
+def group_trends(report: GroupReport) -> dict[str, list[Trend]]:
+    """tag -> the trends of every variant that has a baseline and shares a logged epoch with
+    it; only tags with at least one trend."""
+    trends = {}
+    for tag, _ in TREND_TAGS:
+        found = [t for t in (trend(v, b, tag) for v, b in baseline_pairs(report)) if t]
+        if found:
+            trends[tag] = found
+    return trends
+
+
+# ---- the figure ---------------------------------------------------------------------------------
+
+
+def pairs_text(item: Trend) -> str:
+    low, high = min(item.n), max(item.n)
+    return f"{low}{f'–{high}' if high > low else ''} seed pair{'' if high == 1 else 's'}"
+
+
+def draw_trend(axis, item: Trend, color, label: str | None = None) -> None:
+    """The mean difference, its CI as a band, and as error bars where there are few epochs (a
+    band between a few points hides a lone interval)."""
+    axis.plot(item.epochs, item.mean, color=color, lw=1.2,
+              marker="o" if len(item.epochs) <= 30 else None, ms=4, label=label)
+    low = np.array([ci[0] if ci else np.nan for ci in item.ci])
+    high = np.array([ci[1] if ci else np.nan for ci in item.ci])
+    axis.fill_between(item.epochs, low, high, color=color, alpha=0.2, lw=0)
+    if len(item.epochs) <= 12:
+        mean = np.asarray(item.mean)
+        axis.errorbar(item.epochs, mean, yerr=[mean - low, high - mean], fmt="none",
+                      ecolor=color, capsize=3, lw=1)
+
+
+def epoch_axis(axis, epochs: list[int]) -> None:
+    epochs = sorted(set(epochs))
+    if epochs[-1] >= 30 * epochs[0]:  # a long horizon: a log axis keeps early epochs readable
+        axis.set_xscale("log")
+        plain_log(axis.xaxis, epochs)
+    else:
+        integer_ticks(axis.xaxis, epochs)
+
+
+def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
+    """variant − baseline per epoch, one column per tag logged (test ELBO; IWAE NLL where some
+    epoch has it) and one row per variant, y shared down a column; with more than PANELS_MAX
+    variants (an lr grid) one panel per tag holds them all. None without a baseline."""
+    trends = group_trends(report)
+    if not trends:
+        return None
+    palette = dict(zip((v.key for v in report.variants), colors(len(report.variants))))
+    compared = [v for v in report.variants
+                if any(t.variant is v for tag_trends in trends.values() for t in tag_trends)]
+    baselines = {t.baseline.label for tag_trends in trends.values() for t in tag_trends}
+    rows = len(compared) if len(compared) <= PANELS_MAX else 1
+    plt = pyplot()
+    figure, axes = plt.subplots(rows, len(trends), figsize=(6 * len(trends), 1.3 + 2.3 * rows),
+                                layout="constrained", squeeze=False, sharex="col",
+                                sharey="col")
+    labels = dict(TREND_TAGS)
+    for column, (tag, tag_trends) in enumerate(trends.items()):
+        by_variant = {id(t.variant): t for t in tag_trends}
+        for row in range(rows):
+            axis = axes[row][column]
+            axis.axhline(0.0, color="0.4", lw=0.8, ls="--")
+            if rows == 1 and len(compared) > 1:
+                for item in tag_trends:
+                    draw_trend(axis, item, palette[item.variant.key], f"{item.variant.label}"
+                               f"{f' vs {item.baseline.label}' if len(baselines) > 1 else ''} "
+                               f"({pairs_text(item)})")
+                if len(tag_trends) <= 20:
+                    legend(axis, len(tag_trends))
+                else:
+                    axis.text(0.01, 0.01, f"{len(tag_trends)} variants; no legend",
+                              transform=axis.transAxes, fontsize="x-small", color="0.3")
+            else:
+                variant = compared[row]
+                item = by_variant.get(id(variant))
+                if item is None:
+                    axis.text(0.5, 0.5, "no epoch logged by both", ha="center", va="center",
+                              transform=axis.transAxes, fontsize="small", color="0.4")
+                else:
+                    draw_trend(axis, item, palette[variant.key])
+                    axis.set_title(f"{variant.label} − {item.baseline.label} "
+                                   f"({pairs_text(item)})", fontsize="small")
+            axis.set_ylabel(labels[tag], fontsize="small")
+            plain_linear(axis.yaxis)
+        epoch_axis(axes[-1][column], [e for t in tag_trends for e in t.epochs])
+        axes[-1][column].set_xlabel("epoch")
+    baseline_text = next(iter(baselines)) if len(baselines) == 1 else \
+        f"for each variant the closest of {len(baselines)} baseline variants"
+    figure.suptitle(f"{report.name}: variant − baseline ({baseline_text}) per epoch, mean "
+                    "over seeds paired by seed; band (bars): Student-t 95% CI", fontsize="small")
+    return save_figure(figure, out / f"baseline_trend_{report.slug}.png")
