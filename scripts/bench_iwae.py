@@ -58,7 +58,7 @@ def iwae_worker(spec_json: str) -> None:
     from vae_bench.data import load_splits
     from vae_bench.estimators import evaluate_iwae
     from vae_bench.models import VAE
-    from vae_bench.train import IWAE_ROWS, pick_device, synthetic_sizes
+    from vae_bench.train import IWAE_ROWS, memory_format, pick_device, synthetic_sizes
 
     spec = json.loads(spec_json)
     if spec["threads"]:
@@ -69,7 +69,7 @@ def iwae_worker(spec_json: str) -> None:
     device = pick_device(cfg.trainer.device)
     splits = load_splits(cfg.dataset.name, data_root(cfg), False,
                          **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
-    model = VAE(cfg, splits.image_shape).to(device)
+    model = VAE(cfg, splits.image_shape).to(device, memory_format=memory_format(cfg))
     payload = torch.load(run_dir / "checkpoints" / "last.pt", map_location=device,
                          weights_only=False)
     model.load_state_dict(payload["model"])
