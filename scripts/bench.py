@@ -33,6 +33,10 @@ the same synthetic images; the output says so.
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
 import math
 import statistics

@@ -31,6 +31,10 @@ in this project's shared data (results on it are labelled "CIFAR-10 (JPEG re-enc
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
 import contextlib
 import math

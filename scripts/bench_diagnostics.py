@@ -18,6 +18,10 @@ each epoch: that fraction of the epoch is measured within one run and is the ste
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
 import statistics
 import sys

@@ -12,6 +12,10 @@ scripts/bench.py's trainer loops.
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
 import json
 import subprocess
