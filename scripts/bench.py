@@ -14,7 +14,8 @@ Epoch time is the training pass only, for all three loops: the trainer's own
 checkpoint), and the time of the training `for` loop for (c). The end-of-epoch work (the trainer's
 `end_epoch` less any IWAE, the reference's test loop and image saving) is timed on its own and
 reported as `eval_seconds`. The trainer's final IWAE runs with k=1 on 100 examples and is not in
-either figure; `--iwae` times the real k=1000 estimate separately, in a subprocess.
+either figure; `--iwae` times the real k=1000 estimate separately, in a subprocess
+(scripts/bench_iwae.py, which also times it for any trained run folder).
 
 The FLOP bound: each linear layer of the model costs 2·MACs per example forward and 4·MACs
 backward (input and weight gradients), i.e. 3 × 2 × MACs for training. Biases, activations, the
@@ -32,26 +33,33 @@ the same synthetic images; the output says so.
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
-import contextlib
-import gzip
-import io
-import json
 import math
-import os
-import platform
-import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_iwae import print_iwae, run_iwae  # noqa: E402
+from benchkit.examples_mlp import ReferenceLoop, load_synthetic_splits  # noqa: E402
+from benchkit.machine import (  # noqa: E402
+    flops_per_second,
+    gemm_peak,
+    load_now,
+    machine_info,
+    paired_ratios,
+    peak_rss_mib,
+    resolve_device,
+    write_json,
+)
+from benchkit.trainer_loop import TrainerLoop, pick_data  # noqa: E402
 
 LAYERS = [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)]  # (in, out) of each Linear
 MACS_PER_EXAMPLE = sum(i * o for i, o in LAYERS)  # 651,200
@@ -66,8 +74,6 @@ LOOP_NAMES = {"a": "trainer (default logging + diagnostics)",
               "b": "trainer, log.diagnostics=false",
               "c": "pytorch/examples-style reference",
               "d": "trainer as (a), with --option"}
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iwae-examples", type=int, default=None,
                         help="IWAE on the first N test examples only (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
-    parser.add_argument("--iwae-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not set(args.loops) <= set("abc") or not args.loops:
         parser.error("--loops takes letters from a, b, c")
@@ -108,78 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.iwae and not set(args.loops) & set("ab"):
         parser.error("--iwae needs loop a or b (it evaluates the model they trained)")
     return args
-
-
-# ---- environment --------------------------------------------------------------------------------
-
-
-def load_now() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-class CpuMeter:
-    """CPU time used on the whole machine vs by this process (all its threads) over an interval:
-    `other_cores` is how many cores other processes kept busy on average, i.e. the load that
-    competed with the loop being timed. Linux only (/proc/stat); None elsewhere."""
-
-    def __init__(self):
-        self.start = self._snapshot()
-
-    @staticmethod
-    def _snapshot():
-        times = os.times()
-        own = times.user + times.system
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return time.perf_counter(), own, None
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        return time.perf_counter(), own, busy
-
-    def stop(self) -> dict:
-        (t0, own0, busy0), (t1, own1, busy1) = self.start, self._snapshot()
-        wall, own = t1 - t0, own1 - own0
-        result = {"wall_seconds": round(wall, 3), "own_cpu_seconds": round(own, 3),
-                  "load_1min": round(os.getloadavg()[0], 2)}
-        if busy0 is not None and wall > 0:
-            result["other_cores"] = round(max(0.0, (busy1 - busy0) - own) / wall, 2)
-        return result
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-                                               "MKL_NUM_THREADS", "VAE_BENCH_DATA")},
-    }
-    with contextlib.suppress(ImportError):
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    return info
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---- the FLOP bound -----------------------------------------------------------------------------
@@ -204,447 +137,13 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, batch: int = 128
         for a, b in operands:
             torch.mm(a, b)
 
-    for _ in range(5):
-        one_step()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        while True:
-            one_step()
-            count += 1
-            if count % 10 == 0:
-                synchronize(device)
-                if time.perf_counter() - start >= min_seconds:
-                    break
-        samples.append(flops * count / (time.perf_counter() - start))
+    samples = flops_per_second(one_step, flops, device, repeats, min_seconds)
     # A large square GEMM, for the machine's peak at this thread count.
-    n = 1024
-    a = torch.randn(n, n, generator=generator).to(device, dtype)
-    b = torch.randn(n, n, generator=generator).to(device, dtype)
-    torch.mm(a, b)
-    synchronize(device)
-    start, count = time.perf_counter(), 0
-    while time.perf_counter() - start < min_seconds:
-        torch.mm(a, b)
-        synchronize(device)
-        count += 1
-    peak = 2 * n ** 3 * count / (time.perf_counter() - start)
+    peak = gemm_peak(device, dtype, min_seconds=min_seconds)
     return {"dtype": str(dtype).replace("torch.", ""), "flops_per_step": flops,
             "model_shapes_gflops": [round(s / 1e9, 2) for s in samples],
             "model_shapes_gflops_median": round(statistics.median(samples) / 1e9, 2),
             "gemm_1024_gflops": round(peak / 1e9, 2), "load": load_now()}
-
-
-# ---- (a), (b): the vae-bench trainer ------------------------------------------------------------
-
-
-def compose_trainer_config(args: argparse.Namespace, data: dict, diagnostics: bool,
-                           extra: list[str] | None = None):
-    from hydra import compose, initialize_config_dir
-
-    import vae_bench.cli  # noqa: F401  (registers the schema and the job-name resolver)
-    from vae_bench.config import config_dir, validate
-
-    overrides = [
-        f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", f"seed={args.seed}",
-        f"trainer.compile={str(args.compile).lower()}", f"trainer.precision={args.precision}",
-        "trainer.batch_size=128", "model=mlp", "optim=adam", "optim.lr=1e-3",
-        "param=logvar", "likelihood=bernoulli", "log.quiet=true",
-        # The final IWAE is not what this measures: keep it tiny (it is timed with --iwae).
-        "eval.iwae_k=1", "eval.iwae_max_examples=100",
-        f"log.diagnostics={str(diagnostics).lower()}",
-    ]
-    if args.threads:
-        overrides.append(f"trainer.threads={args.threads}")
-    if args.steps:
-        overrides.append(f"trainer.max_steps_per_epoch={args.steps}")
-    overrides += data["trainer_overrides"] + (extra or [])
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    validate(cfg)
-    return cfg, overrides
-
-
-@contextlib.contextmanager
-def timed_end_epoch(records: list[float]):
-    """Wrap vae_bench.train.end_epoch (looked up at call time by train()) to time it."""
-    import vae_bench.train as train_module
-
-    original = train_module.end_epoch
-
-    def wrapper(run):
-        start = time.perf_counter()
-        try:
-            return original(run)
-        finally:
-            synchronize(run.device)
-            records.append(time.perf_counter() - start)
-
-    train_module.end_epoch = wrapper
-    try:
-        yield
-    finally:
-        train_module.end_epoch = original
-
-
-class TrainerLoop:
-    """One trainer run, trained epoch by epoch: `run(n)` trains up to n epochs in total, resuming
-    the run folder's checkpoint after the first call (vae-bench resumes are bitwise exact on the
-    CPU), so that several loops can take turns on a machine whose load drifts."""
-
-    def __init__(self, args: argparse.Namespace, data: dict, diagnostics: bool, workdir: Path,
-                 extra: list[str] | None = None):
-        self.cfg, self.overrides = compose_trainer_config(args, data, diagnostics, extra)
-        self.run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=workdir))
-        self.seed = args.seed
-        self.device = resolve_device(args.device)
-        self.epochs_done = 0
-        self.epoch_seconds: list[float] = []
-        self.eval_seconds: list[float] = []
-        self.test_elbo: dict[int, float] = {}
-        self.cpu: list[dict] = []
-        self.total_wall_seconds = 0.0
-        self.load_before = load_now()
-
-    def run(self, epochs: int) -> None:
-        from omegaconf import OmegaConf
-
-        from vae_bench.tracking import read_metrics
-        from vae_bench.train import train
-
-        cfg = OmegaConf.merge(self.cfg, {"trainer": {"epochs": epochs}})
-        if not self.epochs_done:
-            torch.manual_seed(self.seed)
-        end_epoch_seconds: list[float] = []
-        meter = CpuMeter()
-        start = time.perf_counter()
-        with timed_end_epoch(end_epoch_seconds):
-            summary = train(cfg, self.run_dir, resume=self.epochs_done > 0, quiet=True)
-        self.total_wall_seconds += time.perf_counter() - start
-        self.cpu.append(meter.stop())
-        if summary["status"] != "completed":
-            raise RuntimeError(f"trainer run ended with status {summary['status']}: {summary}")
-        if summary.get("eval/iwae_seconds") is not None:  # the tiny IWAE at a call's last epoch
-            end_epoch_seconds[-1] -= summary["eval/iwae_seconds"]
-        self.eval_seconds += end_epoch_seconds
-        self.epoch_seconds = list(summary["train/epoch_seconds_all"])
-        self.test_elbo = {int(r["epoch"]): float(r["test/elbo"])
-                          for r in read_metrics(self.run_dir) if "test/elbo" in r}
-        self.epochs_done = epochs
-
-    def result(self) -> dict:
-        return {"epoch_seconds": self.epoch_seconds, "eval_seconds": self.eval_seconds,
-                "test_elbo": self.test_elbo, "total_wall_seconds": self.total_wall_seconds,
-                "run_dir": str(self.run_dir), "overrides": self.overrides,
-                "load_before": self.load_before, "load_after": load_now(),
-                "cpu": merge_cpu(self.cpu)}
-
-
-def merge_cpu(meters: list[dict]) -> dict:
-    """Sum the CpuMeter readings of several intervals (the turns of one loop)."""
-    wall = sum(m["wall_seconds"] for m in meters)
-    merged = {"wall_seconds": round(wall, 3),
-              "own_cpu_seconds": round(sum(m["own_cpu_seconds"] for m in meters), 3),
-              "load_1min": [m["load_1min"] for m in meters]}
-    if wall > 0 and all("other_cores" in m for m in meters):
-        merged["other_cores"] = round(sum(m["other_cores"] * m["wall_seconds"]
-                                          for m in meters) / wall, 2)
-        merged["other_cores_per_turn"] = [m["other_cores"] for m in meters]
-    return merged
-
-
-def run_trainer(args: argparse.Namespace, data: dict, diagnostics: bool, workdir: Path) -> dict:
-    """One whole trainer run of args.epochs epochs in a single train() call."""
-    loop = TrainerLoop(args, data, diagnostics, workdir)
-    loop.run(args.epochs)
-    return loop.result()
-
-
-# ---- (c): the pytorch/examples reference --------------------------------------------------------
-
-
-class ExamplesVAE(nn.Module):
-    """pytorch/examples vae/main.py's model, verbatim in structure."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(784, 400)
-        self.fc21 = nn.Linear(400, 20)
-        self.fc22 = nn.Linear(400, 20)
-        self.fc3 = nn.Linear(20, 400)
-        self.fc4 = nn.Linear(400, 784)
-
-    def encode(self, x):
-        h1 = F.relu(self.fc1(x))
-        return self.fc21(h1), self.fc22(h1)
-
-    def reparameterize(self, mu, logvar):
-        std = torch.exp(0.5 * logvar)
-        eps = torch.randn_like(std)
-        return mu + eps * std
-
-    def decode(self, z):
-        h3 = F.relu(self.fc3(z))
-        return torch.sigmoid(self.fc4(h3))
-
-    def forward(self, x):
-        mu, logvar = self.encode(x.view(-1, 784))
-        z = self.reparameterize(mu, logvar)
-        return self.decode(z), mu, logvar
-
-
-def examples_loss(recon_x, x, mu, logvar):
-    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
-    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return bce + kld
-
-
-def in_memory_mnist(images_u8: torch.Tensor, transform):
-    """A torchvision MNIST that holds the given uint8 images: torchvision's own per-item path
-    (PIL image, then the transform) with no files."""
-    from torchvision.datasets import MNIST, VisionDataset
-
-    class InMemoryMNIST(MNIST):
-        def __init__(self):
-            VisionDataset.__init__(self, root="in-memory", transform=transform)
-            self.train = True
-            self.data = images_u8[:, 0].contiguous()
-            self.targets = torch.zeros(len(images_u8), dtype=torch.long)
-
-    return InMemoryMNIST()
-
-
-def reference_datasets(data: dict, workdir: Path) -> tuple[object, object, dict]:
-    """torchvision MNIST train/test sets with ToTensor, as pytorch/examples builds them."""
-    from torchvision import datasets, transforms
-
-    to_tensor = transforms.ToTensor()
-    if data["kind"] == "synthetic":
-        train_set = in_memory_mnist(data["splits"].train, to_tensor)
-        test_set = in_memory_mnist(data["splits"].test, to_tensor)
-        return train_set, test_set, {"source": "in-memory torchvision MNIST of the synthetic "
-                                               "images (torchvision's own __getitem__)"}
-    root = Path(data["root"])
-    note: dict = {"data_root": str(root)}
-    try:
-        train_set = datasets.MNIST(str(root), train=True, download=False, transform=to_tensor)
-        test_set = datasets.MNIST(str(root), train=False, download=False, transform=to_tensor)
-        note["source"] = "torchvision MNIST read the data root directly"
-        return train_set, test_set, note
-    except RuntimeError as error:  # torchvision wants the decompressed IDX files
-        note["torchvision_on_data_root"] = f"{type(error).__name__}: {error}"
-    copy_root = workdir / "torchvision_root"
-    raw = copy_root / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    source_raw = root / "MNIST" / "raw"
-    for name in MNIST_FILES:
-        plain, packed = source_raw / name, source_raw / f"{name}.gz"
-        if plain.is_file():
-            shutil.copyfile(plain, raw / name)
-        else:
-            with gzip.open(packed, "rb") as src, open(raw / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    train_set = datasets.MNIST(str(copy_root), train=True, download=False, transform=to_tensor)
-    test_set = datasets.MNIST(str(copy_root), train=False, download=False, transform=to_tensor)
-    note["source"] = (f"torchvision MNIST on a decompressed copy in {copy_root} (the data root "
-                      "holds only .gz files, which torchvision 0.29 does not read without "
-                      "download=True)")
-    return train_set, test_set, note
-
-
-class ReferenceLoop:
-    """pytorch/examples vae/main.py's train() and test() on CPU (no workers), epoch by epoch."""
-
-    batch_size, log_interval = 128, 10
-
-    def __init__(self, args: argparse.Namespace, data: dict, workdir: Path):
-        self.device = resolve_device(args.device)
-        self.steps = args.steps
-        train_set, test_set, self.note = reference_datasets(data, workdir)
-        kwargs = {"num_workers": 1, "pin_memory": True} if self.device.type == "cuda" else {}
-        self.train_loader = torch.utils.data.DataLoader(train_set, batch_size=self.batch_size,
-                                                        shuffle=True, **kwargs)
-        self.test_loader = torch.utils.data.DataLoader(test_set, batch_size=self.batch_size,
-                                                       shuffle=False, **kwargs)
-        torch.manual_seed(args.seed)
-        self.model = ExamplesVAE().to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.images_dir = workdir / "reference_results"
-        self.images_dir.mkdir(exist_ok=True)
-        self.log_sink = io.StringIO()  # the examples print every log_interval batches
-        self.epochs_done = 0
-        self.epoch_seconds: list[float] = []
-        self.eval_seconds: list[float] = []
-        self.test_elbo: dict[int, float] = {}
-        self.examples_seen: list[int] = []
-        self.cpu: list[dict] = []
-        self.load_before = load_now()
-
-    def run(self, epochs: int) -> None:
-        for epoch in range(self.epochs_done + 1, epochs + 1):
-            meter = CpuMeter()
-            self.train_epoch(epoch)
-            self.test(epoch)
-            self.cpu.append(meter.stop())
-        self.epochs_done = epochs
-
-    def train_epoch(self, epoch: int) -> None:
-        model, optimizer, device = self.model, self.optimizer, self.device
-        start = time.perf_counter()
-        model.train()
-        train_loss, seen = 0.0, 0
-        for batch_idx, (batch, _) in enumerate(self.train_loader):
-            if self.steps and batch_idx >= self.steps:
-                break
-            batch = batch.to(device)
-            optimizer.zero_grad()
-            recon_batch, mu, logvar = model(batch)
-            loss = examples_loss(recon_batch, batch, mu, logvar)
-            loss.backward()
-            train_loss += loss.item()
-            optimizer.step()
-            seen += len(batch)
-            if batch_idx % self.log_interval == 0:
-                print(f"Train Epoch: {epoch} [{batch_idx * len(batch)}/"
-                      f"{len(self.train_loader.dataset)} "
-                      f"({100.0 * batch_idx / len(self.train_loader):.0f}%)]\t"
-                      f"Loss: {loss.item() / len(batch):.6f}", file=self.log_sink)
-        synchronize(device)
-        self.epoch_seconds.append(time.perf_counter() - start)
-        self.examples_seen.append(seen)
-        print(f"====> Epoch: {epoch} Average loss: {train_loss / max(seen, 1):.4f}",
-              file=self.log_sink)
-
-    def test(self, epoch: int) -> None:
-        from torchvision.utils import save_image
-
-        model, device = self.model, self.device
-        start = time.perf_counter()
-        model.eval()
-        test_loss = 0.0
-        with torch.no_grad():
-            for i, (batch, _) in enumerate(self.test_loader):
-                batch = batch.to(device)
-                recon_batch, mu, logvar = model(batch)
-                test_loss += examples_loss(recon_batch, batch, mu, logvar).item()
-                if i == 0:
-                    n = min(batch.size(0), 8)
-                    comparison = torch.cat([batch[:n], recon_batch.view(
-                        self.batch_size, 1, 28, 28)[:n]])
-                    save_image(comparison.cpu(),
-                               self.images_dir / f"reconstruction_{epoch}.png", nrow=n)
-        test_loss /= len(self.test_loader.dataset)
-        with torch.no_grad():  # the examples' main loop: 64 samples per epoch
-            sample = model.decode(torch.randn(64, 20).to(device)).cpu()
-            save_image(sample.view(64, 1, 28, 28), self.images_dir / f"sample_{epoch}.png")
-        self.eval_seconds.append(time.perf_counter() - start)
-        self.test_elbo[epoch] = -test_loss
-
-    def result(self) -> dict:
-        return {"epoch_seconds": self.epoch_seconds, "eval_seconds": self.eval_seconds,
-                "test_elbo": self.test_elbo, "examples_per_epoch": self.examples_seen,
-                "data": self.note, "load_before": self.load_before, "load_after": load_now(),
-                "cpu": merge_cpu(self.cpu)}
-
-
-# ---- IWAE k=1000, in a subprocess ---------------------------------------------------------------
-
-
-def iwae_worker(spec_json: str) -> None:
-    """Run in a fresh process: load the trained model, time evaluate_iwae, report peak RSS."""
-    from hydra import compose, initialize_config_dir
-
-    import vae_bench.cli  # noqa: F401
-    from vae_bench.config import config_dir, data_root
-    from vae_bench.data import load_splits
-    from vae_bench.estimators import evaluate_iwae
-    from vae_bench.models import VAE
-    from vae_bench.train import IWAE_ROWS, pick_device, synthetic_sizes
-
-    spec = json.loads(spec_json)
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=spec["overrides"])
-    device = pick_device(cfg.trainer.device)
-    splits = load_splits(cfg.dataset.name, data_root(cfg), False,
-                         **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)
-    model = VAE(cfg, splits.image_shape).to(device)
-    payload = torch.load(Path(spec["run_dir"]) / "checkpoints" / "last.pt", map_location=device,
-                         weights_only=False)
-    model.load_state_dict(payload["model"])
-    images = splits.test[:spec["examples"] or None].to(device)
-    del splits
-    k, chunk = spec["k"], cfg.eval.iwae_chunk
-    rows = max(1, IWAE_ROWS // min(chunk, k))  # as vae_bench.train.iwae_nll
-    generator = torch.Generator(device).manual_seed(cfg.seed + 3)
-    rss_before = peak_rss_mib()
-    meter = CpuMeter()
-    start = time.perf_counter()
-    nll = evaluate_iwae(model, images, rows, cfg.dataset.binarize, k, chunk, generator).item()
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    result = {"k": k, "examples": len(images), "chunk": chunk, "rows_per_batch": rows,
-              "seconds": seconds, "nll_iwae": nll, "peak_rss_mib_before_iwae": rss_before,
-              "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
-              "cpu": meter.stop()}
-    if device.type == "cuda":
-        result["cuda_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-    print("IWAE_RESULT " + json.dumps(result))
-
-
-def run_iwae(args: argparse.Namespace, trainer_result: dict) -> dict:
-    overrides = [o for o in trainer_result["overrides"] if not o.startswith("eval.iwae")]
-    spec = {"overrides": overrides, "run_dir": trainer_result["run_dir"], "k": args.iwae_k,
-            "examples": args.iwae_examples, "threads": args.threads}
-    load_before = load_now()
-    process = subprocess.run([sys.executable, __file__, "--iwae-worker", json.dumps(spec)],
-                             capture_output=True, text=True)
-    if process.returncode != 0:
-        raise RuntimeError(f"IWAE subprocess failed:\n{process.stderr[-3000:]}")
-    line = next(x for x in process.stdout.splitlines() if x.startswith("IWAE_RESULT "))
-    result = json.loads(line.removeprefix("IWAE_RESULT "))
-    result.update(load_before=load_before, load_after=load_now(),
-                  model_from=trainer_result["run_dir"])
-    return result
-
-
-# ---- data ---------------------------------------------------------------------------------------
-
-
-def pick_data() -> dict:
-    from vae_bench.data import load_splits
-
-    root = os.environ.get("VAE_BENCH_DATA")
-    if root:
-        # Fail loudly (DataError) rather than fall back when the variable points nowhere.
-        load_splits("mnist", root)
-        return {"kind": "mnist", "root": root, "num_train": 60000,
-                "trainer_overrides": ["dataset=mnist", f"data.root={root}"],
-                "note": f"real MNIST from $VAE_BENCH_DATA={root}"}
-    overrides = ["dataset=synthetic", "dataset.num_train=60000", "dataset.num_test=10000",
-                 "dataset.image_size=28", "dataset.channels=1"]
-    return {"kind": "synthetic", "num_train": 60000, "trainer_overrides": overrides,
-            "note": "$VAE_BENCH_DATA is not set: SYNTHETIC data with MNIST's shape (60000 + "
-                    "10000 images of 1x28x28) for (a)/(b), and an in-memory torchvision MNIST "
-                    "of the same images for (c). Test ELBOs are not comparable to MNIST's."}
-
-
-def load_synthetic_splits(seed: int):
-    from vae_bench.data import load_splits
-
-    return load_splits("synthetic", ".", synthetic_num_train=60000, synthetic_num_test=10000,
-                       synthetic_image_size=28, synthetic_channels=1, synthetic_seed=seed)
-
-
-def write_json(path: Path | None, result: dict) -> None:
-    """The figures as JSON at --out, when one was given."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {path}")
 
 
 # ---- summary ------------------------------------------------------------------------------------
@@ -660,7 +159,7 @@ def summarize(args, data, loops, matmul, peak_rss_a, iwae, machine) -> dict:
     bound_seconds = examples * FLOPS_PER_EXAMPLE / throughput
     result: dict = {
         "machine": machine, "options": {k: (str(v) if isinstance(v, Path) else v)
-                                        for k, v in vars(args).items() if k != "iwae_worker"},
+                                        for k, v in vars(args).items()},
         "data": {k: v for k, v in data.items() if k != "splits"},
         "examples_per_epoch": examples, "steps_per_epoch": steps_per_epoch,
         "epoch_time_covers": "the training pass only; end-of-epoch evaluation is eval_seconds",
@@ -712,9 +211,8 @@ def summarize(args, data, loops, matmul, peak_rss_a, iwae, machine) -> dict:
     for name in ("a/c", "a/b", "b/c", "d/a"):
         top, bottom = name.split("/")
         if top in loops and bottom in loops:
-            pairs = [x / y for x, y in zip(loops[top]["epoch_seconds"],
-                                           loops[bottom]["epoch_seconds"])]
-            paired[name] = {"median": statistics.median(pairs), "per_epoch": pairs}
+            pairs = paired_ratios(loops[top]["epoch_seconds"], loops[bottom]["epoch_seconds"])
+            paired[name] = {"median": pairs["median"], "per_epoch": pairs["per_epoch"]}
     result["paired_ratios"] = paired
     if "a" in loops and "c" in loops:
         elbo_a, elbo_c = loops["a"]["test_elbo"], loops["c"]["test_elbo"]
@@ -773,18 +271,11 @@ def print_report(result: dict) -> None:
     if "peak_rss_mib_after_a" in result:
         print(f"peak RSS after loop (a): {result['peak_rss_mib_after_a']:.0f} MiB")
     if "iwae" in result:
-        iw = result["iwae"]
-        print(f"IWAE k={iw['k']} on {iw['examples']} test examples: {iw['seconds']:.1f} s, "
-              f"NLL {iw['nll_iwae']:.2f}, peak RSS {iw['peak_rss_mib']:.0f} MiB "
-              f"({iw['peak_rss_mib_before_iwae']:.0f} MiB before IWAE), load "
-              f"{iw['load_before']} -> {iw['load_after']}")
+        print_iwae(result["iwae"])
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    if args.iwae_worker:
-        iwae_worker(args.iwae_worker)
-        return None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -839,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.iwae:
             source = results["a"] if "a" in results else results["b"]
             print(f"IWAE k={args.iwae_k} in a subprocess: load {load_now()}", flush=True)
-            iwae = run_iwae(args, source)
+            iwae = run_iwae(Path(source["run_dir"]), args.iwae_k, args.iwae_examples,
+                            args.threads)
         machine["load_end"] = load_now()
         result = summarize(args, data, results, matmul, peak_rss_a, iwae, machine)
     print_report(result)

@@ -18,6 +18,10 @@ each epoch: that fraction of the epoch is measured within one run and is the ste
 
 from __future__ import annotations
 
+# isort: off
+import vae_bench  # noqa: F401  (before torch: it sets OpenMP's wait policy as vae-bench runs do)
+# isort: on
+
 import argparse
 import statistics
 import sys
@@ -27,7 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import load_now, machine_info, pick_data, run_trainer, write_json  # noqa: E402
+from benchkit.machine import load_now, machine_info, write_json  # noqa: E402
+from benchkit.trainer_loop import pick_data, run_trainer  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
-    # run_trainer reads these bench.py options too.
+    # run_trainer reads these options of scripts/bench.py too.
     args.compile, args.precision = False, "fp32"
     return args
 

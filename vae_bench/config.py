@@ -165,6 +165,9 @@ class TrainerConfig:
     gpu_memory_fraction: float | None = None
     compile: bool = False
     precision: str = "fp32"
+    # model=conv in NHWC layout (torch.channels_last): faster convolutions on the CPU, but oneDNN
+    # then sums in another order, so results differ from the default layout's in the last bits.
+    channels_last: bool = False
     on_nonfinite: str = "stop"
     max_skips: int = 10  # with on_nonfinite=skip: stop after this many consecutive skipped steps
     check_every: int = 10  # steps between host reads of the non-finite flag (stop mode)
@@ -383,6 +386,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("threads", "max_steps_per_epoch"):
         if trainer[key] is not None:
             problems.at_least(f"trainer.{key}", trainer[key], 1)
+    if trainer.channels_last and cfg.model.name != "conv":
+        problems.add("trainer.channels_last", f"trainer.channels_last=true applies only to "
+                     f"model=conv (a memory layout for convolutions), and this run has "
+                     f"model={cfg.model.name}", "; drop it, or choose `model=conv`")
     fraction = trainer.gpu_memory_fraction
     if fraction is not None and not 0 < fraction <= 1:
         problems.add("trainer.gpu_memory_fraction", f"trainer.gpu_memory_fraction={fraction} "

@@ -182,6 +182,12 @@ def keep_freed_memory_in_the_heap() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def memory_format(cfg: DictConfig) -> torch.memory_format:
+    """The layout of the model's 4-D weights (and so of its convolutions): `trainer.channels_last`
+    picks NHWC; inputs follow the weights inside each convolution."""
+    return torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+
+
 def compiled_step_terms(cfg: DictConfig) -> Callable[[VAE, torch.Tensor], ElboTerms]:
     if not cfg.trainer.compile:
         return elbo_terms
@@ -203,7 +209,7 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     data_label = dataset_label(cfg.dataset.name, data_root(cfg))
     log.info("data: %s, %d train and %d test images", data_label, len(splits.train),
              len(splits.test))
-    model = VAE(cfg, splits.image_shape).to(device)
+    model = VAE(cfg, splits.image_shape).to(device, memory_format=memory_format(cfg))
     optimizer = build_optimizer(cfg.optim, model)
     steps_per_epoch = math.ceil(len(splits.train) / cfg.trainer.batch_size)
     if cfg.trainer.max_steps_per_epoch:
