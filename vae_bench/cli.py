@@ -296,6 +296,13 @@ def hydra_train(argv: list[str]) -> None:
     decorated()
 
 
+def run_description(cfg: DictConfig) -> str:
+    """What a run trains, in the words of its overrides: `dataset=mnist param=logstd seed=1`."""
+    choices = [f"{group}={cfg[group].name}" for group in ("dataset", "model", "param",
+                                                          "likelihood", "optim")]
+    return " ".join([*choices, f"optim.lr={cfg.optim.lr:g}", f"seed={cfg.seed}"])
+
+
 def resume(argv: list[str]) -> None:
     from vae_bench.train import train
 
@@ -319,11 +326,14 @@ def resume(argv: list[str]) -> None:
         cfg = OmegaConf.merge(run_schema(saved), saved)
         validate(cfg)
         check_writable(run_dir)
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
-                            handlers=[logging.StreamHandler(),
+        # train's own format (Hydra's job log), on stdout as train's console lines are.
+        logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT,
+                            handlers=[logging.StreamHandler(sys.stdout),
                                       logging.FileHandler(run_dir / "train.log")])
         if cfg.log.quiet:
             quiet_console()
+        log.info("resuming %s (%s), %s epochs in all, from its last checkpoint", run_dir,
+                 run_description(cfg), cfg.trainer.epochs)
         summary = train(cfg, run_dir, resume=True, quiet=cfg.log.quiet)
     except USER_ERRORS as error:
         fail(error)

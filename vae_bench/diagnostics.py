@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from vae_bench.data import to_float  # noqa: E402
 from vae_bench.likelihoods import mean_image  # noqa: E402
@@ -226,6 +225,23 @@ def sorted_kl_figure(kl_per_dim: Tensor):
     return figure
 
 
+def image_grid(images: Tensor, columns: int, padding: int = 2) -> Tensor:
+    """Images (N, C, H, W) tiled into one RGB image, `columns` per row with a black border: what
+    torchvision's make_grid draws for two or more images, in torch alone, so that training never
+    imports torchvision (a torchvision built for another torch would end every run)."""
+    count, channels, height, width = images.shape
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    blank = images.new_zeros(rows * columns - count, 3, height, width)
+    cells = torch.nn.functional.pad(torch.cat([images, blank]), (padding, 0, padding, 0))
+    cell_height, cell_width = height + padding, width + padding
+    grid = cells.view(rows, columns, 3, cell_height, cell_width).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(3, rows * cell_height, columns * cell_width)
+    return torch.nn.functional.pad(grid, (0, padding, 0, padding))
+
+
 def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker, step: int,
                count: int = 16) -> None:
     model.eval()
@@ -235,8 +251,8 @@ def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker
     shape = (-1, *model.image_shape)
     reconstructions = mean_image(model.likelihood_name, decoded.mean_out).view(shape)
     pairs = torch.cat([x.view(shape), reconstructions])  # inputs on top, reconstructions below
-    tracker.image("images/reconstructions", make_grid(pairs.float(), nrow=count), step)
+    tracker.image("images/reconstructions", image_grid(pairs.float(), count), step)
     z = torch.randn(64, model.latent_dim, device=test_images.device, generator=generator)
     samples = mean_image(model.likelihood_name, model.decode(z).mean_out).view(shape)
-    tracker.image("images/samples", make_grid(samples.float(), nrow=8), step)
+    tracker.image("images/samples", image_grid(samples.float(), 8), step)
     model.train()

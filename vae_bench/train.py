@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"
 # serves from its heap; 32768 rows (103 MB) went to fresh mmaps and page-faulted on every block,
 # a sixth slower. Any k fits in memory: samples come `eval.iwae_chunk` at a time.
 IWAE_ROWS = 4096
+
+
+def show_bars(quiet: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file, each redraw would be one more
+    carriage-return line in it (290 KB for one run); there the epoch lines say enough."""
+    return not quiet and sys.stderr.isatty()
 
 
 def pick_device(name: str) -> torch.device:
@@ -225,8 +232,10 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     tracker = Tracker(run_dir, purge_step=purge_step, keep_records=keep_records)
     if resume:
         tracker.load_state(state.tracker)
-        tracker.text("events", f"resumed from step {state.step} (epoch {state.epoch})",
-                     state.step)
+        resumed = (f"resumed from step {state.step} (epoch {state.epoch} of "
+                   f"{cfg.trainer.epochs} completed)")
+        tracker.text("events", resumed, state.step)
+        log.info("%s: %s", run_dir, resumed)
     diagnostics = Diagnostics(model, cfg.log, tracker) if cfg.log.diagnostics else None
     if diagnostics and resume:
         diagnostics.load_state(state.diagnostics, device)
@@ -297,8 +306,9 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
     state.order_state = run.order_generator.get_state()
     order = torch.randperm(len(run.train_images), generator=run.order_generator).to(run.device)
     first_batch = state.batch_in_epoch
-    bar = tqdm(total=run.steps_per_epoch, initial=first_batch, leave=False, disable=quiet,
-               desc=f"epoch {state.epoch + 1}/{cfg.trainer.epochs}", dynamic_ncols=True)
+    bar = tqdm(total=run.steps_per_epoch, initial=first_batch, leave=False,
+               disable=not show_bars(quiet), desc=f"epoch {state.epoch + 1}/{cfg.trainer.epochs}",
+               dynamic_ncols=True)
     status = {"status": "completed"}
     while state.batch_in_epoch < run.steps_per_epoch:
         index = order[state.batch_in_epoch * batch_size:(state.batch_in_epoch + 1) * batch_size]
@@ -395,7 +405,7 @@ def end_epoch(run: Run, quiet: bool = False) -> dict:
     run.tracker.epoch_seconds.append(state.epoch_seconds)
     eval_generator = torch.Generator(run.device).manual_seed(cfg.seed + 2)
     results = evaluate(run.model, run.test_images, cfg.eval.batch_size, cfg.dataset.binarize,
-                       eval_generator, progress=not quiet)
+                       eval_generator, progress=show_bars(quiet))
     scalars = {tag: results[tag].item() for tag in ("test/elbo", "test/recon_nll", "test/kl")}
     scalars["train/epoch_seconds"] = state.epoch_seconds
     scalars["train/examples_per_s"] = state.epoch_examples_per_s
@@ -439,7 +449,7 @@ def iwae_nll(run: Run, quiet: bool = False) -> float:
     rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, cfg.eval.iwae_k))
     start = time.perf_counter()
     value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, cfg.eval.iwae_k,
-                          cfg.eval.iwae_chunk, generator, progress=not quiet).item()
+                          cfg.eval.iwae_chunk, generator, progress=show_bars(quiet)).item()
     run.state.iwae_seconds = time.perf_counter() - start
     return value
 
