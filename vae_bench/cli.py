@@ -287,6 +287,11 @@ def check_before_hydra(argv: list[str]) -> None:
 
 
 def hydra_train(argv: list[str]) -> None:
+    if {"--help", "-h"} & set(argv):  # the user's groups and keys, not Hydra's schema/* groups
+        from vae_bench.train_help import train_help
+
+        print(train_help())
+        return
     check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)

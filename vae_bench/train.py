@@ -27,6 +27,7 @@ from vae_bench.config import ConfigError, data_root
 from vae_bench.data import load_splits, to_float
 from vae_bench.diagnostics import Diagnostics, latent_usage, log_sigma_quantiles
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
+from vae_bench.hparams import HPARAM_METRICS, hparams_row, varied_hparams
 from vae_bench.likelihoods import CONTINUOUS_LIKELIHOODS
 from vae_bench.models import VAE
 from vae_bench.objectives import bits_per_dim
@@ -35,7 +36,6 @@ from vae_bench.tracking import Tracker
 log = logging.getLogger(__name__)
 
 TRAIN_TAGS = ("train/elbo", "train/recon_nll", "train/kl")
-HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"]
 # (sample, example) pairs decoded at once. 4096 MNIST rows make 13 MB tensors, which glibc
 # serves from its heap; 32768 rows (103 MB) went to fresh mmaps and page-faulted on every block,
 # a sixth slower. Any k fits in memory: samples come `eval.iwae_chunk` at a time.
@@ -97,34 +97,6 @@ def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
                                 weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
-
-
-# Override keys that vary a run's hparams entry, by hparam name.
-HPARAM_KEYS = {"dataset": "dataset", "model": "model", "param": "param", "param.name": "param",
-               "likelihood": "likelihood", "optim": "optimizer", "optim.name": "optimizer",
-               "optim.lr": "lr", "trainer.batch_size": "batch_size",
-               "model.latent_dim": "latent_dim", "seed": "seed"}
-
-
-def varied_hparams(run_dir: Path) -> set[str]:
-    """The hparams this run's own overrides set, plus the benchmark's axes: param and seed."""
-    varied = {"param", "seed", "status"}
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if overrides_file.is_file():
-        for override in OmegaConf.load(overrides_file):
-            key = str(override).split("=", 1)[0].lstrip("+~")
-            if key in HPARAM_KEYS:
-                varied.add(HPARAM_KEYS[key])
-    return varied
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    return {
-        "dataset": cfg.dataset.name, "model": cfg.model.name, "param": cfg.param.name,
-        "likelihood": cfg.likelihood.name, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-        "batch_size": cfg.trainer.batch_size, "latent_dim": cfg.model.latent_dim,
-        "seed": cfg.seed,
-    }
 
 
 class StopRequest:
@@ -472,7 +444,7 @@ def finish(run: Run, outcome: dict) -> dict:
     if message:
         tracker.text("events", message, state.step)
         log.warning(message)
-    tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS,
+    tracker.hparams(hparams_row(run.cfg, run.run_dir, status), HPARAM_METRICS,
                     varied_hparams(run.run_dir))
     fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
               "train/threads": torch.get_num_threads(),
