@@ -252,3 +252,16 @@ def test_resume_says_what_it_resumes_and_from_which_step(tmp_path: Path) -> None
     assert re.search(log_line("vae_bench.train") + rf"run: resumed from step "
                      rf"{steps} \(epoch 1 of 2 completed\)", result.stdout), result.stdout
     assert re.search(log_line("vae_bench.train") + r"epoch 2/2 \|", result.stdout)
+
+
+# ---- scripts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (TESTS.parent / "scripts").iterdir()
+                                          if p.is_file()))
+def test_each_script_runs_by_itself_and_says_how_in_its_first_lines(script: str) -> None:
+    path = TESTS.parent / "scripts" / script
+    assert os.access(path, os.X_OK), f"{path} lost its run bit"
+    head = path.read_text().splitlines()[:6]
+    assert head[0].startswith("#!/usr/bin/env "), head[0]
+    assert any(f"scripts/{script}" in line for line in head), head  # how to run it
