@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_ON_FILES, run_cli
+from conftest import TINY, TINY_ON_FILES, event_scalars, run_cli
 from torchvision.utils import make_grid
 
-from vae_bench import cli
+from vae_bench import cli, jobs
 from vae_bench.diagnostics import image_grid
 from vae_bench.preflight import config_groups
+from vae_bench.tracking import OBJECTIVE_VIEW
 from vae_bench.train_help import KEYS, top_level_keys
 
 TESTS = Path(__file__).resolve().parent
@@ -101,6 +102,13 @@ def test_a_training_run_never_imports_torchvision(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "imported: []" in result.stdout
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    # The TensorBoard view vae-bench points to filters the Scalars tab to the objective alone.
+    tag_filter = OBJECTIVE_VIEW.split("tagFilter=", 1)[1]
+    shown = {tag for tag in event_scalars(tmp_path / "run") if re.search(tag_filter, tag)}
+    assert shown == {tag for tag in event_scalars(tmp_path / "run")
+                     if tag.startswith(("test/", "train/"))}
+    assert {"test/elbo", "train/elbo", "test/nll_iwae"} <= shown
+    assert OBJECTIVE_VIEW in jobs.closing_line(tmp_path, [])  # a sweep's last lines say so
 
 
 @pytest.mark.slow

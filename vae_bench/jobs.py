@@ -35,7 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import vae_bench
-from vae_bench.tracking import SUMMARY_FILE, atomic_write_text
+from vae_bench.tracking import SUMMARY_FILE, atomic_write_text, tensorboard_hint
 
 JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
 ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
@@ -221,7 +221,7 @@ def closing_line(sweep_dir: Path, entries: list[dict]) -> str:
     if counts[KEPT]:
         notes.append(f"{counts[KEPT]} left untouched (their folders hold other runs)")
     line += f" ({'; '.join(notes)})" if notes else ""
-    line += f"\nvae-bench: sweep folder: {sweep_dir}"
+    line += f"\nvae-bench: sweep folder: {sweep_dir}\n{tensorboard_hint(sweep_dir)}"
     if counts["interrupted"] + counts["killed"] + counts["failed"]:
         line += ("\nvae-bench: the same command with hydra.sweep.dir=<sweep folder> resumes "
                  "the interrupted and killed jobs and retries the failed ones")

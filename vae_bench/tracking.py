@@ -21,6 +21,15 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# TensorBoard opens on its groups in alphabetical order (grad/, health/, ... before test/ and
+# train/), and no server setting changes that; this address opens the Scalars tab on the
+# objective: the test/ and train/ tags.
+OBJECTIVE_VIEW = "http://localhost:6006/#scalars&tagFilter=test|train"
+
+
+def tensorboard_hint(folder: Path) -> str:
+    return (f"vae-bench: TensorBoard: `tensorboard --logdir {folder}`, then open "
+            f"{OBJECTIVE_VIEW} (the objective first)")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
