@@ -10,17 +10,19 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_ON_FILES, event_scalars, run_cli
+from conftest import TINY, TINY_ON_FILES, event_scalars, run_cli, start_cli
 from torchvision.utils import make_grid
 
 from vae_bench import cli, jobs
@@ -273,3 +275,44 @@ def test_each_script_runs_by_itself_and_says_how_in_its_first_lines(script: str)
     head = path.read_text().splitlines()[:6]
     assert head[0].startswith("#!/usr/bin/env "), head[0]
     assert any(f"scripts/{script}" in line for line in head), head  # how to run it
+
+
+# ---- TensorBoard's HParams row ----------------------------------------------------------------
+
+
+def hparams_statuses(run_dir: Path) -> list[str]:
+    """The status of every HParams row in the run folder's event files, in the order written."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    statuses = []
+    for events in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content)
+                    statuses.append(data.session_start_info.hparams["status"].string_value)
+    return statuses
+
+
+@pytest.mark.slow
+def test_a_resumed_run_has_one_hparams_row_with_its_final_status(tmp_path: Path) -> None:
+    """TensorBoard shows the first row a run folder holds, so an interrupt writes none."""
+    run = tmp_path / "run"
+    args = [*TINY, "dataset.num_train=2048", "trainer.batch_size=8", "hydra.run.dir=run"]
+    proc = start_cli(["train", *args], tmp_path)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        summary = json.loads((run / "summary.json").read_text()) \
+            if (run / "summary.json").is_file() else {}
+        if summary.get("epoch", 0) >= 1:  # epoch 1 checkpointed: stop it inside epoch 2
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    proc.communicate(timeout=300)
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert hparams_statuses(run) == []
+    resumed = run_cli(["resume", "run"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert hparams_statuses(run) == ["completed"]

@@ -444,8 +444,11 @@ def finish(run: Run, outcome: dict) -> dict:
     if message:
         tracker.text("events", message, state.step)
         log.warning(message)
-    tracker.hparams(hparams_row(run.cfg, run.run_dir, status), HPARAM_METRICS,
-                    varied_hparams(run.run_dir))
+    if status in ("completed", "diverged"):
+        # TensorBoard keeps the first HParams row a run folder holds: one written at an
+        # interrupt or crash would still say so after the run is resumed and completes.
+        tracker.hparams(hparams_row(run.cfg, run.run_dir, status), HPARAM_METRICS,
+                        varied_hparams(run.run_dir))
     fields = {"step": state.step, "epoch": state.epoch, "eval/iwae_k": run.cfg.eval.iwae_k,
               "train/threads": torch.get_num_threads(),
               **{k: v for k, v in outcome.items() if k != "status"}}
