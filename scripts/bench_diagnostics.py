@@ -1,6 +1,7 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """What the default diagnostics cost: trainer epoch time with `log.diagnostics=true` (default
 cadences) vs `log.diagnostics=false`, several repeats in alternating order, medians.
+Run: `VAE_BENCH_DATA=/path/to/data scripts/bench_diagnostics.py --repeats 3` (more below).
 
 Issue 3's target is at most 10% overhead on the epoch time. The epoch time is the trainer's own
 `train/epoch_seconds` (the training pass); the end-of-epoch work (evaluation, latent-usage

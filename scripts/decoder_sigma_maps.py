@@ -1,4 +1,6 @@
+#!/usr/bin/env python3
 """Where a learned decoder σₓ collapses, and what each σ-map's floor or bound does about it.
+Run: `scripts/decoder_sigma_maps.py <decoder_variance sweep folder> --out <folder>` (below).
 
 A per-pixel Gaussian σₓ on pixels that are always 0 (MNIST's background) can shrink without
 limit, and log N(0; m, σₓ²) grows like −log σₓ: the likelihood is unbounded (Mattei & Frellsen

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Stress the trainer's fault handling and print what each run ended as.
 
     python scripts/stress.py [--out DIR] [--skip-sweeps] [--fuzz N [--fuzz-only]]

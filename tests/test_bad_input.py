@@ -102,7 +102,9 @@ CASES = {
     "out_of_range": Case(["train", *SYNTHETIC, *CHOICES, *COMBINED_RANGE_CASES,
                                  "hydra.run.dir=run"],
                          [RANGE_CASES[override] for override in COMBINED_RANGE_CASES]),
-    "data_missing": Case(["train", "dataset=mnist", "data.root=data", "hydra.run.dir=run"],
+    # data.download=false: tests never reach the network (test_first_hour.py fakes a download).
+    "data_missing": Case(["train", "dataset=mnist", "data.root=data", "data.download=false",
+                          "hydra.run.dir=run"],
                          ["not found", "MNIST/raw/train-images-idx3-ubyte", "data.root=",
                           "dataset=synthetic"],
                          setup=lambda root: (root / "data").mkdir()),

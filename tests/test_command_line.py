@@ -97,7 +97,8 @@ def test_fixes_it_proposes_are_accepted(tmp_path, monkeypatch) -> None:
         assert check_command_line([*SYNTHETIC, *argv]) is not None
 
 
-@pytest.mark.parametrize("argv", [["data.root=/nonexistent", "dataset=mnist"],
+@pytest.mark.parametrize("argv", [["data.root=/nonexistent", "dataset=mnist",
+                                   "data.download=false"],
                                   ["dataset=synthetic", "trainer.device=cuda"]])
 def test_missing_data_or_device_leaves_no_run_folder(argv, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,10 @@ from datafiles import (  # noqa: E402
     write_idx_set,
 )
 
+from vae_bench import data
 from vae_bench.data import DATASET_NAMES, DataError, Splits, load_splits, to_float
+
+SHARED_CIFAR_JPEG = Path(os.environ.get("VAE_BENCH_DATA", "/nonexistent")) / "CIFAR10-JPEG"
 
 
 def listing(root: Path) -> list[str]:
@@ -291,8 +296,77 @@ def test_download_fills_the_torchvision_layout_then_reads_it(tmp_path: Path, mon
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
     splits = load_splits("fashion_mnist", tmp_path, download=True)
-    assert calls == [(str(tmp_path), True, True)]
+    assert len(calls) == 1 and calls[0][1:] == (True, True)
+    # Fetched into a staging folder under the root, then moved into place; nothing else stays.
+    assert Path(calls[0][0]).parent == tmp_path
+    assert listing(tmp_path) == ["FashionMNIST", "FashionMNIST/raw", *[
+        f"FashionMNIST/raw/{split}-{kind}-ubyte.gz" for split in ("t10k", "train")
+        for kind in ("images-idx3", "labels-idx1")]]
     assert splits.train.shape == (5, 1, 28, 28)
+
+
+def test_a_failed_download_leaves_nothing_half_written(tmp_path: Path, monkeypatch) -> None:
+    def cut_off(root: str, train: bool, download: bool) -> None:
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b half a file")
+        raise ConnectionResetError("Connection reset by peer")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", cut_off)
+    message = raises_data_error("downloading it failed", "Connection reset by peer",
+                                "MNIST/raw/train-images-idx3-ubyte", "dataset=synthetic",
+                                name="mnist", root=tmp_path, download=True)
+    assert "\n" not in message
+    assert listing(tmp_path) == []
+
+
+def test_download_has_a_bounded_wait(tmp_path: Path, monkeypatch) -> None:
+    """A mirror that accepts the connection and never answers (a black-holed proxy) ends the
+    download after DOWNLOAD_TIMEOUT_S, not never. The server is on this machine: no network."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # the kernel completes the handshakes; nothing ever answers them
+    port = server.getsockname()[1]
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 1)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+    start = time.monotonic()
+    try:
+        raises_data_error("downloading it failed", "timed out", name="mnist", root=tmp_path,
+                          download=True)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 30
+    assert socket.getdefaulttimeout() is None  # the process-wide timeout is given back
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_partial_copy_is_never_downloaded_over(tmp_path: Path, monkeypatch, name: str) -> None:
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("downloaded over files that are there")
+
+    monkeypatch.setattr(data, "fetch_with_torchvision", must_not_run)
+    if name == "cifar10":
+        write_cifar(tmp_path)
+        missing = tmp_path / "cifar-10-batches-py" / "test_batch"
+    else:
+        write_idx_set(tmp_path, gz=True)
+        missing = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    missing.unlink()
+    before = listing(tmp_path)
+    raises_data_error("incomplete", missing.name.removesuffix(".gz"), "delete the other files",
+                      name=name, root=tmp_path, download=True)
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.skipif(not (SHARED_CIFAR_JPEG / "cifar-10-batches-py").is_dir(),
+                    reason="the shared CIFAR-10 JPEG copy is not on this machine")
+def test_the_cifar_jpeg_copy_is_read_and_never_downloaded_over(monkeypatch) -> None:
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("downloaded over the JPEG copy")
+
+    monkeypatch.setattr(data, "fetch_with_torchvision", must_not_run)
+    data.ensure_files("cifar10", SHARED_CIFAR_JPEG, download=True)
 
 
 def test_no_download_when_the_files_are_there(tmp_path: Path, monkeypatch) -> None:

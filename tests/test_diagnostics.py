@@ -108,7 +108,12 @@ def test_hparams_entry_names_the_run(gaussian_pixel_run) -> None:
     assert hparams["param"].string_value == "softplus_std"
     assert hparams["likelihood"].string_value == "gaussian_pixel"
     assert hparams["status"].string_value == "completed"
-    assert hparams["seed"].number_value == 0
+    # Whole numbers as text: TensorBoard prints numbers with 5 digits (seed 0 as 0.0000).
+    assert hparams["seed"].string_value == "0"
+    assert hparams["batch_size"].string_value == "32"
+    assert hparams["latent_dim"].string_value == "20"
+    assert (hparams["epochs"].string_value, hparams["iwae_k"].string_value) == ("2", "4")
+    assert hparams["lr"].number_value == pytest.approx(1e-3)
     metrics = plugin_data_pb2.HParamsPluginData.FromString(contents["_hparams_/experiment"])
     names = {m.name.tag for m in metrics.experiment.metric_infos}
     assert names == {"test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"}

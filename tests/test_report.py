@@ -35,7 +35,7 @@ def make_run(sweep: Path, overrides: list[str], *, status: str | None = "complet
         "likelihood": {"name": likelihood, "param": "logvar"},
         "optim": {"name": optim, "lr": lr, "weight_decay": 0.0, "grad_clip": None,
                   "sigma_head_lr_mult": head.get("lr_mult", 1.0)},
-        "seed": seed, "trainer": {"epochs": 3},
+        "seed": seed, "trainer": {"epochs": 3}, "eval": {"iwae_k": 1000},
     }
     run = sweep / (folder or ",".join(o for o in overrides))
     (run / ".hydra").mkdir(parents=True)
@@ -159,12 +159,16 @@ def test_report_of_two_sweeps(two_sweeps, capsys) -> None:
     # One seed: a mean, and plainly no CI.
     assert main["param=softplus_std"][3] == "-101.00 (n=1) [no CI: 1 seed]"
 
-    # Default target: the worst final mean ELBO among variants (logstd, -105.25). logvar gets
-    # there at epoch 3 in all 4 runs; logstd in 1 of its 3 finished runs (seed 1 ends at -105.5,
-    # the diverged seed never does).
-    assert "Target ELBO: -105.25 (default" in mnist
-    assert main["param=logvar"][-1] == "3.0 (4/4 reached)"
-    assert main["param=logstd"][-1] == "3.0 (1/3 reached)"
+    # Default target: the baseline's final mean ELBO (logvar, -100.05), named in the column.
+    # logvar's seeds 0 and 2 end above it at epoch 3; logstd and softplus_std never get there.
+    assert "Target ELBO: -100.05 (default: the final mean test ELBO of the baseline " \
+        "`param=logvar`" in mnist
+    header = table_rows(table, "variant")[0]
+    assert header[-1] == "epochs to ELBO ≥ -100.05"
+    assert header[4] == "test/nll_iwae (k=1000)"  # an IWAE estimate names its k
+    assert main["param=logvar"][-1] == "3.0 (2/4 reached)"
+    assert main["param=logstd"][-1] == "never (0/3 reached)"
+    assert main["param=softplus_std"][-1] == "never (0/1 reached)"
 
     comparison = section(mnist, "### Against the baseline `param=logvar`")
     verdicts = {(r[0], r[2]): r for r in table_rows(comparison, "param=logstd")
@@ -645,3 +649,54 @@ def test_runs_differing_only_in_the_final_iwae_k_pair_as_one_variant(tmp_path: P
     assert sorted({row["variant"] for row in rows}) == ["param=logstd", "param=logvar"]
     comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
     assert table_rows(comparison, "param=logstd")[0][3:5] == ["paired t", "3 pairs"]
+
+def set_config(run: Path, **values) -> None:
+    """Add dotted keys to a run's config.yaml, e.g. `set_config(run, **{"data.root": "/d"})`."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for dotted, value in values.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.parametrize(("root", "label"), [("/data/CIFAR10-JPEG", "CIFAR-10 (JPEG re-encoding)"),
+                                             ("/data", "CIFAR-10")])
+def test_report_opens_with_the_budget_every_run_shares(tmp_path: Path, capsys, root: str,
+                                                       label: str) -> None:
+    sweep = tmp_path / "sweep"
+    for lr in (0.001, 0.01):
+        for seed in (0, 1):
+            run = make_run(sweep, [f"optim.lr={lr}", "param=logvar", f"seed={seed}"],
+                           dataset="cifar10", model="conv", likelihood="gaussian_shared",
+                           curve=[-900, (-840 if lr == 0.01 else -850) - seed])
+            set_config(run, **{"data.root": root, "model.latent_dim": 32,
+                               "trainer.batch_size": 64, "eval.iwae_k": 100})
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    assert md.startswith("# vae-bench report\n\n## Budget\n")
+    budget = md[:md.index("Sweeps:")]
+    assert f"- **data set**: {label}\n" in budget  # never plain CIFAR-10 for the JPEG copy
+    assert "- **model**: conv, 32 latents\n" in budget
+    assert "- **likelihood**: gaussian_shared\n" in budget
+    assert "- **training**: 3 epochs, batch size 64\n" in budget
+    assert "- **IWAE**: k=100 importance samples, on the whole test split" in budget
+    assert ("- **optimizer**: *varies between runs* (2 settings: adam, lr 0.001; adam, lr 0.01)"
+            in budget)
+    assert table_rows(md, "variant")[0][4] == "test/nll_iwae (k=100)"
+    # Two baseline variants (logvar at each lr): the target is the better one's final mean.
+    assert "Target ELBO: -840.50 (default: the final mean test ELBO of the baseline " \
+        "`optim.lr=0.01`, the best of 2 baseline variants" in md
+
+
+def test_no_baseline_means_no_default_target(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(sweep, ["param=logstd", f"seed={seed}"], curve=[-120, -100])
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    assert "no baseline variant completed a run here, so there is no default target" in md
+    assert table_rows(md, "variant")[0][-1] == "epochs to target"
+    assert table_rows(md, "param=logstd")[0][-1] == "—"

@@ -205,7 +205,9 @@ def test_training_applies_the_configured_gpu_memory_fraction(tmp_path, monkeypat
 # ---- nothing silent -----------------------------------------------------------------------------
 
 
-def test_evaluations_show_progress_bars_unless_quiet(tmp_path: Path, capsys) -> None:
+def test_evaluations_show_progress_bars_unless_quiet(tmp_path: Path, capsys,
+                                                    monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on terminals only
     cfg = compose_config([*TINY, "trainer.epochs=1", "eval.iwae_k=7"])
     train_module.train(cfg, tmp_path / "loud", quiet=False)
     loud = capsys.readouterr().err

@@ -282,6 +282,11 @@ def check_before_hydra(argv: list[str]) -> None:
 
 
 def hydra_train(argv: list[str]) -> None:
+    if {"--help", "-h"} & set(argv):  # the user's groups and keys, not Hydra's schema/* groups
+        from vae_bench.train_help import train_help
+
+        print(train_help())
+        return
     check_before_hydra(argv)
     decorated = hydra.main(config_path=str(config_dir()), config_name="train",
                            version_base="1.3")(train_task)
@@ -289,6 +294,13 @@ def hydra_train(argv: list[str]) -> None:
     argv = add_override(add_override(name_by_swept_keys(argv), SWEEP_PROGRESS), OUTPUT_DIR_CHECK)
     sys.argv = ["vae-bench train", *argv]
     decorated()
+
+
+def run_description(cfg: DictConfig) -> str:
+    """What a run trains, in the words of its overrides: `dataset=mnist param=logstd seed=1`."""
+    choices = [f"{group}={cfg[group].name}" for group in ("dataset", "model", "param",
+                                                          "likelihood", "optim")]
+    return " ".join([*choices, f"optim.lr={cfg.optim.lr:g}", f"seed={cfg.seed}"])
 
 
 def resume(argv: list[str]) -> None:
@@ -314,11 +326,14 @@ def resume(argv: list[str]) -> None:
         cfg = OmegaConf.merge(run_schema(saved), saved)
         validate(cfg)
         check_writable(run_dir)
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
-                            handlers=[logging.StreamHandler(),
+        # train's own format (Hydra's job log), on stdout as train's console lines are.
+        logging.basicConfig(level=logging.INFO, format=jobs.LOG_FORMAT,
+                            handlers=[logging.StreamHandler(sys.stdout),
                                       logging.FileHandler(run_dir / "train.log")])
         if cfg.log.quiet:
             quiet_console()
+        log.info("resuming %s (%s), %s epochs in all, from its last checkpoint", run_dir,
+                 run_description(cfg), cfg.trainer.epochs)
         summary = train(cfg, run_dir, resume=True, quiet=cfg.log.quiet)
     except USER_ERRORS as error:
         fail(error)

@@ -192,7 +192,8 @@ class EvalConfig:
 @dataclass
 class DataConfig:
     root: str = "${oc.env:VAE_BENCH_DATA,./data}"
-    download: bool = False
+    # Fetch a data set that is absent from `root` (torchvision; never over files already there).
+    download: bool = True
 
 
 @dataclass

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.metadata
 import math
 import os
 import pickle
+import shutil
+import socket
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,15 +89,21 @@ def load_splits(
     if name not in DATASET_NAMES:
         raise DataError(f"Unknown data set {name!r}; choose one of: {', '.join(DATASET_NAMES)}.")
     root_dir = Path(root).expanduser().absolute()
-    # Download only what is absent: torchvision would re-fetch over the .gz-only copies we read.
-    if download and _missing_files(name, root_dir):
-        _download(name, root_dir)
-    check_files(name, root_dir)
+    ensure_files(name, root_dir, download)
     if name == "cifar10":
         train = _read_cifar(root_dir, CIFAR_TRAIN_FILES)
         return Splits(train, _read_cifar(root_dir, CIFAR_TEST_FILES))
     raw = root_dir / IDX_FOLDERS[name] / "raw"
     return Splits(*(_read_idx_split(raw, prefix) for prefix in IDX_PREFIXES))
+
+
+def ensure_files(name: str, root: str | os.PathLike, download: bool) -> None:
+    """check_files, after downloading the data set first where it is absent and `download`
+    allows it; the CLI calls this before it creates a run folder."""
+    root_dir = Path(root).expanduser().absolute()
+    if name != "synthetic" and download and _missing_files(name, root_dir):
+        _download(name, root_dir)
+    check_files(name, root_dir)
 
 
 def check_files(name: str, root: str | os.PathLike) -> None:
@@ -155,25 +164,108 @@ def _gz_note(name: str) -> str:
     return "" if name == "cifar10" else " (each may also be .gz)"
 
 
-def _fixes(name: str) -> str:
+FETCH_HINTS = {
+    "off": "data.download=true to fetch it with torchvision (needs network access)",
+    "failed": "rerun where this machine can reach the internet (data.download=true, the "
+              "default, fetches a missing data set)",
+    "partial": None,  # downloading over files already there is what it must not do
+}
+
+
+def _fixes(name: str, download: str = "off") -> str:
     folder = CIFAR_FOLDER if name == "cifar10" else f"{IDX_FOLDERS[name]}/raw"
+    fetch = f"{FETCH_HINTS[download]}; " if FETCH_HINTS[download] else ""
     return (f"Fix it with one of these overrides: data.root=<folder holding {folder}> (data.root "
-            "defaults to $VAE_BENCH_DATA, else ./data); data.download=true to fetch it with "
-            "torchvision (needs network access); or dataset=synthetic for an offline try that "
-            "needs no files.")
+            f"defaults to $VAE_BENCH_DATA, else ./data); {fetch}or dataset=synthetic for an "
+            "offline try that needs no files.")
+
+
+DOWNLOAD_TIMEOUT_S = 30  # per network operation: an unreachable mirror fails instead of hanging
 
 
 def _download(name: str, root: Path) -> None:
-    import torchvision.datasets  # only downloads need it; keeps importing this module light
-
-    dataset_class = getattr(torchvision.datasets, TORCHVISION_CLASSES[name])
+    """Fetch the data set with torchvision into a staging folder beside it, then move the files
+    into place: an interrupted or failed download leaves nothing half-written under `root`.
+    Only a data set of which no file exists is fetched: a partial copy (or a re-encoded one,
+    such as CIFAR-10 as JPEG) is never written over."""
+    expected = _expected_files(name)
+    missing = _missing_files(name, root)
+    if len(missing) < len(expected):
+        raise DataError(f"Data set {name!r} is incomplete under the data root {root}: missing "
+                        f"{', '.join(missing)}{_gz_note(name)}. vae-bench downloads only a data "
+                        "set that is absent, so as not to overwrite the files there: delete the "
+                        f"other files of {name!r} to download it afresh. "
+                        f"{_fixes(name, 'partial')}")
+    staging = root / f".vae_bench_download_{name}_{os.getpid()}"
     try:
-        # One call fetches both splits: torchvision downloads the whole data set at once.
-        dataset_class(str(root), train=True, download=True)
-    except Exception as err:  # no network, a proxy, a bad checksum...: all end the same way
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        raise DataError(f"Downloading data set {name!r} into the data root {root} failed "
-                        f"({reason}). {_fixes(name)}") from err
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen calls take no timeout
+        try:
+            fetch_with_torchvision(name, staging)
+        except DataError:
+            raise
+        except Exception as err:  # no network, a proxy, a bad checksum...: all end the same way
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            raise DataError(f"Data set {name!r} was not found under the data root {root}: "
+                            f"missing {', '.join(missing)}{_gz_note(name)}; downloading it "
+                            f"failed ({reason}). {_fixes(name, 'failed')}") from err
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
+        _move_into_place(staging, root, expected)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, root: Path, expected: Sequence[str]) -> None:
+    for relative in expected:
+        source = _locate(staging / relative)
+        target = root / source.relative_to(staging)
+        if not source.is_file():
+            raise DataError(f"Downloading {relative} into {staging} left no such file; the "
+                            "data set's layout may have changed in this torchvision.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():  # another job of a sweep may have moved its own copy here
+            os.replace(source, target)
+
+
+def fetch_with_torchvision(name: str, folder: Path) -> None:
+    """The network part of a download: torchvision's class for the data set fetches it into
+    `folder` in torchvision's layout (both splits at once)."""
+    datasets = import_torchvision_datasets()
+    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
+    dataset_class(str(folder), train=True, download=True)
+
+
+def import_torchvision_datasets():
+    """torchvision.datasets, or a DataError naming both versions when this torchvision cannot
+    load beside this torch (a build for another torch version, or CUDA against a CPU torch:
+    `operator torchvision::nms does not exist`). Only downloads need torchvision."""
+    try:
+        import torchvision.datasets
+    except Exception as err:
+        raise DataError(torchvision_mismatch(err)) from err
+    return torchvision.datasets
+
+
+def torchvision_mismatch(error: BaseException) -> str:
+    torch_version = torch.__version__
+    try:
+        vision_version = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        vision_version = "(not installed)"
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    # torchvision 0.N+15 goes with torch 2.N (0.15 with 2.0, ..., 0.29 with 2.14).
+    matching = f"0.{minor + 15}" if major == 2 else "the release listed for it on pytorch.org"
+    build = torch_version.partition("+")[2]
+    if not build:  # PyPI's Linux wheels carry no label: a CUDA build, or a CPU one elsewhere
+        build = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    return (f"torchvision {vision_version} cannot be loaded with torch {torch_version} ({reason}): "
+            "it was built for another torch version or device. Install the torchvision built "
+            "for this torch: `pip install --force-reinstall --no-deps "
+            f"torchvision=={matching}.* --index-url https://download.pytorch.org/whl/{build}` "
+            "(only downloading a data set needs torchvision; training on files already under "
+            "data.root does not).")
 
 
 def _bad_file(path: Path, found: str, expected: str) -> DataError:

@@ -241,25 +241,21 @@ def sorted_kl_figure(kl_per_dim: Tensor):
     return figure
 
 
-def image_grid(images: Tensor, nrow: int, padding: int = 2) -> Tensor:
-    """torchvision's make_grid with its defaults (grey images as RGB, a black 2-pixel frame),
-    without importing torchvision: its import takes torch's compiler along, as long as torch's
-    own, in every process that logs images (a sweep's zygote, a fresh job)."""
-    if images.size(1) == 1:
-        images = images.repeat(1, 3, 1, 1)
-    if images.size(0) == 1:
-        return images.squeeze(0)
+def image_grid(images: Tensor, columns: int, padding: int = 2) -> Tensor:
+    """Images (N, C, H, W) tiled into one RGB image, `columns` per row with a black border: what
+    torchvision's make_grid draws for two or more images, in torch alone, so that training never
+    imports torchvision (a torchvision built for another torch would end every run)."""
     count, channels, height, width = images.shape
-    columns = min(nrow, count)
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    columns = min(columns, count)
     rows = math.ceil(count / columns)
+    blank = images.new_zeros(rows * columns - count, 3, height, width)
+    cells = torch.nn.functional.pad(torch.cat([images, blank]), (padding, 0, padding, 0))
     cell_height, cell_width = height + padding, width + padding
-    grid = images.new_zeros((channels, rows * cell_height + padding,
-                             columns * cell_width + padding))
-    for index in range(count):
-        row, column = divmod(index, columns)
-        top, left = row * cell_height + padding, column * cell_width + padding
-        grid[:, top:top + height, left:left + width] = images[index]
-    return grid
+    grid = cells.view(rows, columns, 3, cell_height, cell_width).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(3, rows * cell_height, columns * cell_width)
+    return torch.nn.functional.pad(grid, (0, padding, 0, padding))
 
 
 def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker, step: int,
@@ -271,8 +267,8 @@ def log_images(model: VAE, test_images: Tensor, binarize: bool, tracker: Tracker
     shape = (-1, *model.image_shape)
     reconstructions = mean_image(model.likelihood_name, decoded.mean_out).view(shape)
     pairs = torch.cat([x.view(shape), reconstructions])  # inputs on top, reconstructions below
-    tracker.image("images/reconstructions", image_grid(pairs.float(), nrow=count), step)
+    tracker.image("images/reconstructions", image_grid(pairs.float(), count), step)
     z = torch.randn(64, model.latent_dim, device=test_images.device, generator=generator)
     samples = mean_image(model.likelihood_name, model.decode(z).mean_out).view(shape)
-    tracker.image("images/samples", image_grid(samples.float(), nrow=8), step)
+    tracker.image("images/samples", image_grid(samples.float(), 8), step)
     model.train()

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 import vae_bench
 from vae_bench import zygote
 from vae_bench.errors import USER_ERRORS, record_failure
-from vae_bench.tracking import SUMMARY_FILE, atomic_write_text
+from vae_bench.tracking import SUMMARY_FILE, atomic_write_text, tensorboard_hint
 
 JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
 ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
@@ -286,7 +286,7 @@ def closing_line(sweep_dir: Path, entries: list[dict]) -> str:
     if counts[KEPT]:
         notes.append(f"{counts[KEPT]} left untouched (their folders hold other runs)")
     line += f" ({'; '.join(notes)})" if notes else ""
-    line += f"\nvae-bench: sweep folder: {sweep_dir}"
+    line += f"\nvae-bench: sweep folder: {sweep_dir}\n{tensorboard_hint(sweep_dir)}"
     if counts["interrupted"] + counts["killed"] + counts["failed"]:
         line += ("\nvae-bench: the same command with hydra.sweep.dir=<sweep folder> resumes "
                  "the interrupted and killed jobs and retries the failed ones")

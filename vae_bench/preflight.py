@@ -338,9 +338,8 @@ def check_command_line(argv: list[str]) -> DictConfig | None:
 def check_runnable(cfg: DictConfig) -> None:
     """Range, device and data: what a valid config may still lack on this machine."""
     from vae_bench.config import pick_device
-    from vae_bench.data import check_files
+    from vae_bench.data import ensure_files
 
     validate(cfg)
     pick_device(cfg.trainer.device)
-    if not cfg.data.download:
-        check_files(cfg.dataset.name, data_root(cfg))
+    ensure_files(cfg.dataset.name, data_root(cfg), cfg.data.download)

@@ -28,6 +28,15 @@ SUMMARY_FILE = "summary.json"
 # process is gone (10 missed beats: room for clock skew between nodes and a slow file system).
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0
+# TensorBoard opens on its groups in alphabetical order (grad/, health/, ... before test/ and
+# train/), and no server setting changes that; this address opens the Scalars tab on the
+# objective: the test/ and train/ tags.
+OBJECTIVE_VIEW = "http://localhost:6006/#scalars&tagFilter=test|train"
+
+
+def tensorboard_hint(folder: Path) -> str:
+    return (f"vae-bench: TensorBoard: `tensorboard --logdir {folder}`, then open "
+            f"{OBJECTIVE_VIEW} (the objective first)")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -12,13 +12,14 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vae_bench import checkpoints
@@ -31,6 +32,7 @@ from vae_bench.diagnostics import (
     sigma_percentile_scalars,
 )
 from vae_bench.estimators import ElboTerms, elbo_terms, evaluate, evaluate_iwae
+from vae_bench.hparams import HPARAM_METRICS, hparams_row, varied_hparams
 from vae_bench.likelihoods import CONTINUOUS_LIKELIHOODS
 from vae_bench.models import VAE
 from vae_bench.objectives import bits_per_dim
@@ -40,11 +42,16 @@ from vae_bench.tracking import Tracker
 log = logging.getLogger(__name__)
 
 TRAIN_TAGS = ("train/elbo", "train/recon_nll", "train/kl")
-HPARAM_METRICS = ["test/elbo", "test/nll_iwae", "test/kl", "latent/active_units"]
 # (sample, example) pairs decoded at once. 4096 MNIST rows make 13 MB tensors, which glibc
 # serves from its heap; 32768 rows (103 MB) went to fresh mmaps and page-faulted on every block,
 # a sixth slower. Any k fits in memory: samples come `eval.iwae_chunk` at a time.
 IWAE_ROWS = 4096
+
+
+def show_bars(quiet: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file, each redraw would be one more
+    carriage-return line in it (290 KB for one run); there the epoch lines say enough."""
+    return not quiet and sys.stderr.isatty()
 
 
 def synthetic_sizes(dataset: DictConfig) -> dict[str, int]:
@@ -78,34 +85,6 @@ def build_optimizer(cfg: DictConfig, model: VAE) -> torch.optim.Optimizer:
                                 weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
-
-
-# Override keys that vary a run's hparams entry, by hparam name.
-HPARAM_KEYS = {"dataset": "dataset", "model": "model", "param": "param", "param.name": "param",
-               "likelihood": "likelihood", "optim": "optimizer", "optim.name": "optimizer",
-               "optim.lr": "lr", "trainer.batch_size": "batch_size",
-               "model.latent_dim": "latent_dim", "seed": "seed"}
-
-
-def varied_hparams(run_dir: Path) -> set[str]:
-    """The hparams this run's own overrides set, plus the benchmark's axes: param and seed."""
-    varied = {"param", "seed", "status"}
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if overrides_file.is_file():
-        for override in OmegaConf.load(overrides_file):
-            key = str(override).split("=", 1)[0].lstrip("+~")
-            if key in HPARAM_KEYS:
-                varied.add(HPARAM_KEYS[key])
-    return varied
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    return {
-        "dataset": cfg.dataset.name, "model": cfg.model.name, "param": cfg.param.name,
-        "likelihood": cfg.likelihood.name, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-        "batch_size": cfg.trainer.batch_size, "latent_dim": cfg.model.latent_dim,
-        "seed": cfg.seed,
-    }
 
 
 class StopRequest:
@@ -230,8 +209,10 @@ def setup(cfg: DictConfig, run_dir: Path, resume: bool, start_over: bool = False
     tracker = Tracker(run_dir, purge_step=purge_step, keep_records=keep_records)
     if resume:
         tracker.load_state(state.tracker)
-        tracker.text("events", f"resumed from step {state.step} (epoch {state.epoch})",
-                     state.step)
+        resumed = (f"resumed from step {state.step} (epoch {state.epoch} of "
+                   f"{cfg.trainer.epochs} completed)")
+        tracker.text("events", resumed, state.step)
+        log.info("%s: %s", run_dir, resumed)
     diagnostics = Diagnostics(model, cfg.log, tracker) if cfg.log.diagnostics else None
     if diagnostics and resume:
         diagnostics.load_state(state.diagnostics, device)
@@ -302,8 +283,9 @@ def train_epoch(run: Run, stop_request: StopRequest, quiet: bool) -> dict:
     state.order_state = run.order_generator.get_state()
     order = torch.randperm(len(run.train_images), generator=run.order_generator).to(run.device)
     first_batch = state.batch_in_epoch
-    bar = tqdm(total=run.steps_per_epoch, initial=first_batch, leave=False, disable=quiet,
-               desc=f"epoch {state.epoch + 1}/{cfg.trainer.epochs}", dynamic_ncols=True)
+    bar = tqdm(total=run.steps_per_epoch, initial=first_batch, leave=False,
+               disable=not show_bars(quiet), desc=f"epoch {state.epoch + 1}/{cfg.trainer.epochs}",
+               dynamic_ncols=True)
     status = {"status": "completed"}
     while state.batch_in_epoch < run.steps_per_epoch:
         index = order[state.batch_in_epoch * batch_size:(state.batch_in_epoch + 1) * batch_size]
@@ -402,7 +384,7 @@ def end_epoch(run: Run, quiet: bool = False) -> dict:
     run.tracker.epoch_seconds.append(state.epoch_seconds)
     eval_generator = torch.Generator(run.device).manual_seed(cfg.seed + 2)
     results = evaluate(run.model, run.test_images, cfg.eval.batch_size, cfg.dataset.binarize,
-                       eval_generator, progress=not quiet)
+                       eval_generator, progress=show_bars(quiet))
     scalars = {tag: results[tag].item() for tag in ("test/elbo", "test/recon_nll", "test/kl")}
     scalars["train/epoch_seconds"] = state.epoch_seconds
     scalars["train/examples_per_s"] = state.epoch_examples_per_s
@@ -458,7 +440,7 @@ def iwae_nll(run: Run, quiet: bool = False, final: bool = False) -> float:
     rows = max(1, IWAE_ROWS // min(cfg.eval.iwae_chunk, k))
     start = time.perf_counter()
     value = evaluate_iwae(run.model, images, rows, cfg.dataset.binarize, k,
-                          cfg.eval.iwae_chunk, generator, progress=not quiet).item()
+                          cfg.eval.iwae_chunk, generator, progress=show_bars(quiet)).item()
     seconds = time.perf_counter() - start
     if final:
         run.state.iwae_final_seconds = seconds
@@ -485,8 +467,11 @@ def finish(run: Run, outcome: dict) -> dict:
     if message:
         tracker.text("events", message, state.step)
         log.warning(message)
-    tracker.hparams({**hparams_of(run.cfg), "status": status}, HPARAM_METRICS,
-                    varied_hparams(run.run_dir))
+    if status in ("completed", "diverged"):
+        # TensorBoard keeps the first HParams row a run folder holds: one written at an
+        # interrupt or crash would still say so after the run is resumed and completes.
+        tracker.hparams(hparams_row(run.cfg, run.run_dir, status), HPARAM_METRICS,
+                        varied_hparams(run.run_dir))
     fields = {"step": state.step, "epoch": state.epoch, "data/label": run.data_label,
               "eval/iwae_k": run.cfg.eval.iwae_k,
               "train/threads": torch.get_num_threads(),

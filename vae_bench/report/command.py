@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vae_bench.report.budget import budget_lines
 from vae_bench.report.exports import csv_text, frontier_csv, report_json, status_counts
 from vae_bench.report.figures import draw_figures
 from vae_bench.report.group import GroupReport, build_group
@@ -76,7 +77,7 @@ def build(folders: Sequence[Path], out: Path, options) -> dict:
 
 def write_files(folders: Sequence[Path], out: Path, options, runs: list[Run],
                 reports: list[GroupReport]) -> list[str]:
-    md = ["# vae-bench report", "",
+    md = ["# vae-bench report", "", *budget_lines(counted(runs)),
           "Sweeps: " + ", ".join(f"`{f}`" for f in folders), "",
           f"{len(runs)} run(s): {counts_text(runs)}. Grouped by {options.group_by}; a variant "
           f"is a run's overrides minus `seed`. Baseline: `{options.baseline}`. Statistics: "
@@ -113,8 +114,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "or of a config value (optim.name=sgd), or a variant label as the "
                              "tables print it; default %(default)s")
     parser.add_argument("--target-elbo", type=float, default=None,
-                        help="test ELBO for 'epochs to target' (default: per group, the worst "
-                             "final mean ELBO among its variants)")
+                        help="test ELBO for 'epochs to target' (default: per group, the "
+                             "baseline's final mean test ELBO)")
     parser.add_argument("--group-by", default=",".join(DEFAULT_GROUP_BY),
                         help="config keys whose values split runs into separate tables "
                              "(default %(default)s; use dataset,model to compare likelihoods)")

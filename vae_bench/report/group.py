@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vae_bench.report.budget import iwae_metric_label
 from vae_bench.report.frontier import FrontierRow, frontier_rows
 from vae_bench.report.runs import Run
 from vae_bench.report.tables import (
@@ -24,8 +25,8 @@ from vae_bench.report.tables import (
 from vae_bench.report.variants import (
     Comparison,
     Variant,
+    baseline_target,
     compare_group,
-    default_target,
     group_variants,
     matches_baseline,
     parse_baseline,
@@ -50,12 +51,11 @@ class GroupReport:
 def build_group(name: str, runs: list[Run], baseline: str, target_elbo: float | None
                 ) -> GroupReport:
     variants = group_variants(runs)
+    spec = parse_baseline(baseline)
     if target_elbo is not None:
         target, source = target_elbo, "set with --target-elbo"
     else:
-        target = default_target(variants)
-        source = "default: the worst final mean test ELBO among this group's variants"
-    spec = parse_baseline(baseline)
+        target, source = baseline_target(variants, spec)
     report = GroupReport(name, slug(name.split()), runs, variants, target, source,
                          compare_group(variants, spec), frontier_rows(runs))
     has_baseline = any(matches_baseline(v, spec) for v in variants)
@@ -66,12 +66,13 @@ def build_group(name: str, runs: list[Run], baseline: str, target_elbo: float | 
 
 def group_markdown(report: GroupReport, spec: tuple[str, str | None],
                    has_baseline: bool) -> list[str]:
-    header, rows = main_table(report.variants, report.target, with_ci=True)
+    header, rows = main_table(report.variants, report.target, with_ci=True,
+                              metric_labels=metric_labels(report))
     md = [f"## {report.name}", "",
           f"{len(report.runs)} run(s) in {len(report.variants)} variant(s). Cells: mean ± std "
           "over completed seeds [Student-t 95% CI of the mean]. *diverged*: diverged / "
-          "(completed + diverged) runs. *epochs to target*: mean first epoch with test ELBO ≥ "
-          "target, over the runs that reached it.", "",
+          "(completed + diverged) runs. *epochs to ELBO ≥ target*: mean first epoch with test "
+          "ELBO ≥ target, over the runs that reached it (of the finished runs).", "",
           f"Target ELBO: {fmt(report.target)} ({report.target_source}).", ""]
     md += md_table(header, rows) + [""]
     md += few_seeds_note(report.variants)
@@ -85,8 +86,13 @@ def group_markdown(report: GroupReport, spec: tuple[str, str | None],
     return md + [""]
 
 
+def metric_labels(report: GroupReport) -> dict[str, str]:
+    return {"test/nll_iwae": iwae_metric_label(report.runs)}
+
+
 def group_text(report: GroupReport) -> list[str]:
-    header, rows = main_table(report.variants, report.target, with_ci=False)
+    header, rows = main_table(report.variants, report.target, with_ci=False,
+                              metric_labels=metric_labels(report))
     lines = [f"== {report.name}  (target ELBO {fmt(report.target)}, "
              f"{report.target_source.split(':')[0]})", *text_table(header, rows)]
     lines += [f"  ! {row[0]}: {row[2]}" for row in unfinished_rows(report.runs)]

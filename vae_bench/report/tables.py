@@ -87,8 +87,12 @@ def slug(parts: Iterable[str]) -> str:
 # Main table
 
 
-def main_table(variants: list[Variant], target: float | None, with_ci: bool):
-    header = ["variant", "runs", "diverged", *METRICS, "epochs to target"]
+def main_table(variants: list[Variant], target: float | None, with_ci: bool,
+               metric_labels: dict[str, str] | None = None):
+    """`metric_labels` renames metric columns, e.g. `test/nll_iwae (k=1000)`."""
+    labels = [(metric_labels or {}).get(metric, metric) for metric in METRICS]
+    target_column = "epochs to target" if target is None else f"epochs to ELBO ≥ {fmt(target)}"
+    header = ["variant", "runs", "diverged", *labels, target_column]
     rows = []
     for variant in variants:
         status = f"{variant.count('completed')}/{len(variant.runs)} completed"

@@ -93,11 +93,20 @@ def epochs_to_target(run: Run, target: float) -> int | None:
     return None
 
 
-def default_target(variants: list[Variant]) -> float | None:
-    """The worst final mean ELBO among variants: every variant that finished on par with the
-    worst one reaches it, and the epoch count then says how fast each got there."""
-    means = [v.stats["test/elbo"].mean for v in variants if v.stats["test/elbo"].n]
-    return min(means) if means else None
+def baseline_target(variants: list[Variant], spec: tuple[str, str | None]
+                    ) -> tuple[float | None, str]:
+    """The baseline's final mean test ELBO, and where it comes from: "epochs to target" then
+    says how soon each variant gets as good as the baseline ends up ("never": it does not).
+    With several baseline variants (one per lr, say), the best of them."""
+    baselines = [v for v in variants if matches_baseline(v, spec) and v.stats["test/elbo"].n]
+    if not baselines:
+        return None, ("no baseline variant completed a run here, so there is no default "
+                      "target; set one with --target-elbo")
+    best = max(baselines, key=lambda v: v.stats["test/elbo"].mean)
+    among = f", the best of {len(baselines)} baseline variants" if len(baselines) > 1 else ""
+    return best.stats["test/elbo"].mean, (f"default: the final mean test ELBO of the baseline "
+                                          f"`{best.label}`{among}; set another with "
+                                          "--target-elbo")
 
 
 # ---------------------------------------------------------------------------------------------
