@@ -700,3 +700,18 @@ def test_no_baseline_means_no_default_target(tmp_path: Path, capsys) -> None:
     assert "no baseline variant completed a run here, so there is no default target" in md
     assert table_rows(md, "variant")[0][-1] == "epochs to target"
     assert table_rows(md, "param=logstd")[0][-1] == "—"
+
+
+def test_the_budget_names_the_data_as_the_runs_recorded_it(tmp_path: Path, capsys) -> None:
+    # data/label comes from the files' checksums: it beats a guess from the folder's name.
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        run = make_run(sweep, ["param=logvar", f"seed={seed}"], dataset="cifar10", model="conv",
+                       curve=[-900, -850])
+        set_config(run, **{"data.root": "/data/cifar"})
+        summary = json.loads((run / "summary.json").read_text())
+        summary["data/label"] = "CIFAR-10 (JPEG re-encoding)"
+        (run / "summary.json").write_text(json.dumps(summary))
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    assert "- **data set**: CIFAR-10 (JPEG re-encoding)\n" in md

@@ -14,10 +14,17 @@ NOT_RECORDED = "not recorded"
 MAX_LISTED = 6  # values of a key that varies, listed before "…"
 
 
+def run_dataset_label(run: Run) -> str:
+    """The data set as the run recorded it (`data/label`, from the files' checksums), else as
+    its config suggests (runs from before that key)."""
+    recorded = (run.summary or {}).get("data/label")
+    return str(recorded) if recorded else dataset_label(run.config)
+
+
 def dataset_label(config: dict) -> str:
-    """The data set as results on it must be named. The re-encoded CIFAR-10 copy (lossy JPEG,
-    not comparable with published CIFAR-10 numbers) is told apart by its folder, which the run's
-    config.yaml records as `data.root`."""
+    """The data set as results on it must be named, from a run's config alone. The re-encoded
+    CIFAR-10 copy (lossy JPEG, not comparable with published CIFAR-10 numbers) is told apart by
+    its folder, which the run's config.yaml records as `data.root`."""
     name = config.get("dataset.name")
     if name is None:
         return NOT_RECORDED
@@ -78,7 +85,7 @@ def iwae_k(config: dict, summary: dict | None = None) -> int | None:
     return int(k) if isinstance(k, int | float) and not isinstance(k, bool) else None
 
 
-BUDGET_ITEMS = (("data set", dataset_label), ("model", model_label),
+BUDGET_ITEMS = (("model", model_label),
                 ("likelihood", lambda config: str(config.get("likelihood.name", NOT_RECORDED))),
                 ("training", epochs_label), ("optimizer", optimizer_label),
                 ("IWAE", iwae_label))
@@ -94,12 +101,15 @@ def shared_or_varying(values: Sequence[str]) -> str:
 
 def budget_lines(runs: Sequence[Run]) -> list[str]:
     """Markdown: one bullet per part of the budget, its value where every run shares it."""
-    configs = [run.config for run in runs if run.config]
+    readable = [run for run in runs if run.config]
+    configs = [run.config for run in readable]
     if not configs:
         return []
     lines = ["## Budget", "",
              f"What the {len(configs)} run(s) with a readable config were given; a part that "
              "differs between runs says so.", ""]
+    lines.append(f"- **data set**: "
+                 f"{shared_or_varying([run_dataset_label(run) for run in readable])}")
     lines += [f"- **{name}**: {shared_or_varying([label(c) for c in configs])}"
               for name, label in BUDGET_ITEMS]
     return lines + [""]
