@@ -31,7 +31,7 @@ STALE_AFTER_S = 600.0
 # TensorBoard opens on its groups in alphabetical order (grad/, health/, ... before test/ and
 # train/), and no server setting changes that; this address opens the Scalars tab on the
 # objective: the test/ and train/ tags.
-OBJECTIVE_VIEW = "http://localhost:6006/#scalars&tagFilter=test|train"
+OBJECTIVE_VIEW = "http://localhost:6006/#scalars&tagFilter=^(test|train)/"
 
 
 def tensorboard_hint(folder: Path) -> str:
