@@ -645,3 +645,27 @@ def test_runs_differing_only_in_the_final_iwae_k_pair_as_one_variant(tmp_path: P
     assert sorted({row["variant"] for row in rows}) == ["param=logstd", "param=logvar"]
     comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
     assert table_rows(comparison, "param=logstd")[0][3:5] == ["paired t", "3 pairs"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]  # IHDR: width, height
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_trend_figure_rows_per_variant_or_one_shared_panel(tmp_path: Path, capsys) -> None:
+    """Up to 9 compared variants get a row each; an lr grid's many share one row of panels."""
+    few, many = tmp_path / "few", tmp_path / "many"
+    for seed in range(2):
+        for lr in (0.001, 0.01, 0.1, 1.0, 3.0, 10.0):
+            for param in ("logvar", "logstd", "softplus_std"):
+                offset = {"logvar": 0.0, "logstd": -1.0, "softplus_std": 1.0}[param] * lr
+                make_run(many, [f"optim.lr={lr}", f"param={param}", f"seed={seed}"],
+                         curve=[-120.0 + offset + seed, -110.0 + offset - seed])
+        for param in ("logvar", "logstd", "softplus_std"):
+            make_run(few, [f"param={param}", f"seed={seed}"], curve=[-120.0 - seed, -110.0])
+    run_report(capsys, few)
+    run_report(capsys, many)
+    few_png = few / "baseline_trend_mnist_mlp_bernoulli.png"
+    many_png = many / "baseline_trend_mnist_mlp_bernoulli.png"
+    assert png_size(few_png)[1] > 550  # two rows of panels: logstd, softplus_std
+    assert png_size(many_png)[1] < 550  # 12 compared variants in one row, a legend below
