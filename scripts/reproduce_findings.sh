@@ -66,7 +66,7 @@ for study in $STUDIES; do
     # (σₓ collapses on the background within the first epochs).
     decoder_variance)
       sweep "$study" "$SEEDS3" trainer.epochs=5 eval.iwae_k=100
-      report "$study" --group-by dataset,model --baseline decoder_variance_pixel_logvar
+      report "$study" --group-by dataset,model --baseline variant=decoder_variance_pixel_logvar
       [ "${SWEEPS_ONLY:-0}" = 1 ] || python scripts/decoder_sigma_maps.py "$RUNS/$study" \
         --out "$DOCS/$study" ;;
     # Long horizon: every σ-map on Burda et al.'s mlp_iwae and binarized MNIST, 300 epochs with

@@ -111,7 +111,7 @@ def pair_title(variant: Variant, baseline: Variant, pairs: str) -> str:
     own = ",".join(item for item in mine if item not in shared) or variant.label
     base = ",".join(item for item in theirs if item not in shared) or baseline.label
     text = f"{own} − {base}" + (f" at {','.join(shared)}" if shared else "") + f" ({pairs})"
-    return textwrap.fill(text, 90)
+    return textwrap.fill(text, 72)
 
 
 def draw_trend(axis, item: Trend, color, label: str | None = None) -> None:
