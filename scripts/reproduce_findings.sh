@@ -77,7 +77,7 @@ for study in $STUDIES; do
     # (σₓ collapses on the background within the first epochs).
     decoder_variance)
       sweep "$study" "$SEEDS3" trainer.epochs=5 eval.iwae_k=100
-      report "$study" --group-by dataset,model --baseline decoder_variance_pixel_logvar
+      report "$study" --group-by dataset,model --baseline variant=decoder_variance_pixel_logvar
       [ "${SWEEPS_ONLY:-0}" = 1 ] || python scripts/decoder_sigma_maps.py "$RUNS/$study" \
         --out "$DOCS/$study" ;;
     # Decoder σₓ with a bounded likelihood (a discretized Gaussian: a probability per 8-bit

@@ -715,3 +715,28 @@ def test_the_budget_names_the_data_as_the_runs_recorded_it(tmp_path: Path, capsy
     run_report(capsys, sweep, "--no-figures")
     md = (sweep / "report.md").read_text()
     assert "- **data set**: CIFAR-10 (JPEG re-encoding)\n" in md
+
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]  # IHDR: width, height
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_trend_figure_rows_per_variant_or_one_shared_panel(tmp_path: Path, capsys) -> None:
+    """Up to 9 compared variants get a row each; an lr grid's many share one row of panels."""
+    few, many = tmp_path / "few", tmp_path / "many"
+    for seed in range(2):
+        for lr in (0.001, 0.01, 0.1, 1.0, 3.0, 10.0):
+            for param in ("logvar", "logstd", "softplus_std"):
+                offset = {"logvar": 0.0, "logstd": -1.0, "softplus_std": 1.0}[param] * lr
+                make_run(many, [f"optim.lr={lr}", f"param={param}", f"seed={seed}"],
+                         curve=[-120.0 + offset + seed, -110.0 + offset - seed])
+        for param in ("logvar", "logstd", "softplus_std"):
+            make_run(few, [f"param={param}", f"seed={seed}"], curve=[-120.0 - seed, -110.0])
+    run_report(capsys, few)
+    run_report(capsys, many)
+    few_png = few / "baseline_trend_mnist_mlp_bernoulli.png"
+    many_png = many / "baseline_trend_mnist_mlp_bernoulli.png"
+    assert png_size(few_png)[1] > 550  # two rows of panels: logstd, softplus_std
+    assert png_size(many_png)[1] < 550  # 12 compared variants in one row, a legend below

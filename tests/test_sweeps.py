@@ -81,6 +81,7 @@ def check_figures(folder: Path) -> None:
     ("param_sweep_cifar", "cifar10", "conv", "gaussian_shared"),
     ("same_init_sigma", "mnist", "mlp", "bernoulli"),
     ("lr_stability", "mnist", "mlp", "bernoulli"),
+    ("long_horizon", "binarized_mnist", "mlp_iwae", "bernoulli"),
 ])
 def test_param_presets_sweep_every_sigma_map(name, dataset, model, likelihood) -> None:
     cfg = compose_with_hydra([experiment(name)])

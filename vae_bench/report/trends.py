@@ -9,6 +9,8 @@ epochs before it stopped are real values, and how many seed pairs each point res
 
 from __future__ import annotations
 
+import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,6 @@ from vae_bench.report.group import GroupReport
 from vae_bench.report.plotting import (
     colors,
     integer_ticks,
-    legend,
     plain_linear,
     plain_log,
     pyplot,
@@ -32,6 +33,7 @@ from vae_bench.report.variants import Variant
 TREND_TAGS = (("test/elbo", "Δ test ELBO (nats; > 0: variant better)"),
               ("test/nll_iwae", "Δ IWAE NLL (nats; < 0: variant better)"))
 PANELS_MAX = 9  # up to this many variants get a row of panels each; more share one panel per tag
+LEGEND_MAX = 40  # variants sharing a panel get a legend up to this many
 
 
 @dataclass
@@ -101,6 +103,17 @@ def pairs_text(item: Trend) -> str:
     return f"{low}{f'–{high}' if high > low else ''} seed pair{'' if high == 1 else 's'}"
 
 
+def pair_title(variant: Variant, baseline: Variant, pairs: str) -> str:
+    """`param=logstd − param=logvar at optim.lr=0.01 (3 seed pairs)`: what differs, then what the
+    two share, wrapped to fit a panel."""
+    mine, theirs = variant.label.split(","), baseline.label.split(",")
+    shared = [item for item in mine if item in theirs]
+    own = ",".join(item for item in mine if item not in shared) or variant.label
+    base = ",".join(item for item in theirs if item not in shared) or baseline.label
+    text = f"{own} − {base}" + (f" at {','.join(shared)}" if shared else "") + f" ({pairs})"
+    return textwrap.fill(text, 72)
+
+
 def draw_trend(axis, item: Trend, color, label: str | None = None) -> None:
     """The mean difference, its CI as a band, and as error bars where there are few epochs (a
     band between a few points hides a lone interval)."""
@@ -136,8 +149,13 @@ def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
                 if any(t.variant is v for tag_trends in trends.values() for t in tag_trends)]
     baselines = {t.baseline.label for tag_trends in trends.values() for t in tag_trends}
     rows = len(compared) if len(compared) <= PANELS_MAX else 1
+    # one shared row: room below it for the legend, two entries a line
+    height = 1.3 + 2.3 * rows
+    if rows == 1 and 1 < len(compared) <= LEGEND_MAX:
+        height += 0.2 * math.ceil(len(compared) / 2)
+    width = 6 * len(trends) if rows > 1 else max(6 * len(trends), 11)  # a legend's long lines
     plt = pyplot()
-    figure, axes = plt.subplots(rows, len(trends), figsize=(6 * len(trends), 1.3 + 2.3 * rows),
+    figure, axes = plt.subplots(rows, len(trends), figsize=(width, height),
                                 layout="constrained", squeeze=False, sharex="col",
                                 sharey="col")
     labels = dict(TREND_TAGS)
@@ -148,12 +166,9 @@ def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
             axis.axhline(0.0, color="0.4", lw=0.8, ls="--")
             if rows == 1 and len(compared) > 1:
                 for item in tag_trends:
-                    draw_trend(axis, item, palette[item.variant.key], f"{item.variant.label}"
-                               f"{f' vs {item.baseline.label}' if len(baselines) > 1 else ''} "
-                               f"({pairs_text(item)})")
-                if len(tag_trends) <= 20:
-                    legend(axis, len(tag_trends))
-                else:
+                    draw_trend(axis, item, palette[item.variant.key],
+                               pair_title(item.variant, item.baseline, pairs_text(item)))
+                if len(compared) > LEGEND_MAX:
                     axis.text(0.01, 0.01, f"{len(tag_trends)} variants; no legend",
                               transform=axis.transAxes, fontsize="x-small", color="0.3")
             else:
@@ -164,14 +179,18 @@ def baseline_trend_figure(report: GroupReport, out: Path) -> Path | None:
                               transform=axis.transAxes, fontsize="small", color="0.4")
                 else:
                     draw_trend(axis, item, palette[variant.key])
-                    axis.set_title(f"{variant.label} − {item.baseline.label} "
-                                   f"({pairs_text(item)})", fontsize="small")
+                    axis.set_title(pair_title(variant, item.baseline, pairs_text(item)),
+                                   fontsize="small")
             axis.set_ylabel(labels[tag], fontsize="small")
             plain_linear(axis.yaxis)
         epoch_axis(axes[-1][column], [e for t in tag_trends for e in t.epochs])
         axes[-1][column].set_xlabel("epoch")
+    if rows == 1 and 1 < len(compared) <= LEGEND_MAX:  # below the panels: labels are long
+        handles, texts = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, texts, loc="outside lower center", ncol=2, fontsize="x-small")
     baseline_text = next(iter(baselines)) if len(baselines) == 1 else \
         f"for each variant the closest of {len(baselines)} baseline variants"
-    figure.suptitle(f"{report.name}: variant − baseline ({baseline_text}) per epoch, mean "
-                    "over seeds paired by seed; band (bars): Student-t 95% CI", fontsize="small")
+    title = (f"{report.name}: variant − baseline ({baseline_text}) per epoch, mean over seeds "
+             "paired by seed; band (bars): Student-t 95% CI")
+    figure.suptitle(textwrap.fill(title, int(width * 13)), fontsize="small")
     return save_figure(figure, out / f"baseline_trend_{report.slug}.png")
