@@ -223,3 +223,28 @@ def test_a_quiet_single_run_prints_its_folder(tmp_path: Path) -> None:
     result = run_cli(["train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"vae-bench: run folder: {run_dir}"
+
+
+# ---- start-up -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sweep_composes_each_jobs_config_once(tmp_path: Path, monkeypatch) -> None:
+    """Hydra's sweeper would compose every job's config a first time only to check it, before
+    any job starts (minutes for lr_stability); vae-bench checked the command line already."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed = []
+    original = ConfigLoaderImpl.load_sweep_config
+
+    def counting(self, master_config, sweep_overrides):
+        composed.append(list(sweep_overrides))
+        return original(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    vae_bench.cli.main(["train", "-m", *TINY, "trainer.epochs=1", "seed=0,1,2",
+                        f"hydra.sweep.dir={sweep}"])
+    assert sorted(overrides[-1] for overrides in composed) == ["seed=0", "seed=1", "seed=2"]
+    assert all(summary_of(sweep / f"seed={seed}")["status"] == "completed" for seed in range(3))

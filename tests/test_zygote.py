@@ -217,7 +217,7 @@ def test_a_sweep_whose_zygote_dies_goes_on_and_ends(tmp_path: Path) -> None:
     assert statuses[1] in ("interrupted", "killed")
     assert f"the zygote {zygote_pid} has ended; starting another" in out + err
     log = (sweep / "seed=2" / "train.log").read_text()
-    assert "forked by the zygote" in log and f"zygote {zygote_pid}" not in log
+    assert "forked by the zygote" in log and f"forked by the zygote {zygote_pid}" not in log
     assert closing_counts(out).startswith("3 jobs: 2 completed")
 
 

@@ -128,8 +128,15 @@ class WorkerZygote:
             except zygote.ZygoteUnavailable:
                 cls.failed = True
                 raise
+            atexit.unregister(cls.stop)  # once is enough
             atexit.register(cls.stop)
-        return cls.current.fork(args, env)
+        try:
+            return cls.current.fork(args, env)
+        except zygote.ZygoteUnavailable:
+            if not cls.current.forks:  # its imports failed, or it refuses: no more tries
+                cls.failed = True
+                cls.stop()
+            raise
 
     @classmethod
     def stop(cls) -> None:

@@ -186,7 +186,7 @@ def listen_and_fork(path: str, target: str, preload: list[str]) -> None:
                 os.read(wake_read, 4096)
             elif key.data == "lifeline":
                 if not os.read(sys.stdin.fileno(), 4096):
-                    return  # the sweep has ended; running children get SIGTERM as it exits
+                    return  # its owner stopped it or ended; running children get SIGTERM
             else:  # a requester's connection: it went away while its job runs
                 requester_gone(key.data, children, selector)
         reap(children, selector)
@@ -391,6 +391,7 @@ class Zygote:
 
     def __init__(self, target: str, preload: list[str], env: dict[str, str]):
         self.env = env
+        self.forks = 0
         self.folder = tempfile.mkdtemp(prefix="vae-bench-zygote-")
         self.path = os.path.join(self.folder, "socket")
         self.process = subprocess.Popen(
@@ -434,6 +435,7 @@ class Zygote:
             why = answer["refused"] if answer else "it has ended"
             raise ZygoteUnavailable(f"the zygote did not fork: {why}")
         sock.settimeout(None)
+        self.forks += 1
         return ZygoteChild(channel, answer["pid"])
 
     def stop(self) -> None:
