@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Time vae-bench's conv model on CIFAR-10 against a lean loop of the same architecture and
 against the FLOP bound of its convolutions and matmuls, in one process.
+Run: `python scripts/bench_conv.py --help` for its options; examples below.
 
 Loops, taking turns epoch by epoch (alternating order), same data, batch 128, Adam lr 1e-3:
 

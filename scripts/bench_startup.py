@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """What a sweep job costs beyond its own training: the start-up tax per job.
+Run: `python scripts/bench_startup.py --help` for its options; examples below.
 
 Runs real sweeps of tiny jobs (`vae-bench train -m …`, synthetic data, 256 images, 1 epoch of
 2 steps, IWAE k=1, quiet) under Hydra's basic launcher and under joblib with n_jobs=1 and 2,

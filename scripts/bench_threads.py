@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Thread settings for the conv model on this CPU: OpenMP's wait policy and the thread count.
+Run: `python scripts/bench_threads.py --help` for its options; examples below.
 
 libgomp, which runs PyTorch's CPU threads, reads its settings once, when torch loads, so every
 setting runs in a fresh process, and the settings take turns round by round (alternating order)

@@ -212,9 +212,10 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one_and_says_so(runs
     resumed = runs["int_corrupt"]["resumed"]
     assert runs["int_corrupt"]["previous_checkpoint"]["step"] == STEPS_PER_EPOCH
     assert resumed["returncode"] == 0, resumed["stderr"]
-    assert "unreadable" in resumed["stderr"]
-    assert "resuming from the previous good checkpoint" in resumed["stderr"]
-    assert checkpoints.PREVIOUS in resumed["stderr"]
+    said = resumed["stdout"] + resumed["stderr"]  # the log goes to the console as train's does
+    assert "unreadable" in said
+    assert "resuming from the previous good checkpoint" in said
+    assert checkpoints.PREVIOUS in said
 
 
 # ---- resumed == uninterrupted -------------------------------------------------------------------
