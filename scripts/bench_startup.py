@@ -22,9 +22,11 @@ records how many cores other processes kept busy meanwhile.
     export VAE_BENCH_DATA=../shared/data
     python scripts/bench_startup.py                                   # 40 jobs, 3 launchers
     python scripts/bench_startup.py --jobs 16 --launchers basic       # the issue's 16 tiny jobs
+    git worktree add --detach ../before 54f8a82                       # before the zygote
     python scripts/bench_startup.py --code ../before . --out startup.json   # before vs after
-    python scripts/bench_startup.py --jobs 8 --launchers basic -- \\
-        experiment=lr_stability param=logvar optim=sgd,adam optim.lr=0.001,0.1,1,10 seed=0
+    python scripts/bench_startup.py --launchers basic --code ../before . -- \\
+        experiment=lr_stability param=logvar optim=sgd,adam optim.lr=0.01,0.1,1,10 seed=0 \\
+        log.quiet=true                                                # a subset of a study
 """
 
 from __future__ import annotations

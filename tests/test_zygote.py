@@ -80,12 +80,14 @@ def test_jobs_does_not_import_the_cli_and_the_zygote_module_imports_no_torch() -
 
 
 def test_the_zygote_forks_only_while_it_is_one_thread(tmp_path: Path) -> None:
-    """The sweep's zygote, after importing everything a job needs, is still one thread when it
-    forks: no torch op and no library's thread pool has run in it."""
+    """The zygote, after importing everything a job needs, is still one thread when it forks:
+    no torch op and no library's thread pool has run in it. And it runs this vae_bench."""
+    import vae_bench
+
     report = tmp_path / "parent_state"
     with started("zygote_targets:parent_state", jobs.ZYGOTE_PRELOAD) as process:
         assert process.fork([str(report)], zygote_env()).wait() == 0
-    assert report.read_text() == "1 True"
+    assert report.read_text() == f"1 True {vae_bench.__file__}"
 
 
 def test_a_forked_job_imports_nothing_the_zygote_had_not(tmp_path: Path) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 
 def parent_state(argv: list[str]) -> None:
-    """Write how many threads the zygote (this child's parent) runs, and what it imported."""
+    """Write how many threads the zygote (this child's parent) runs, whether it imported the
+    training code, and which vae_bench that is."""
     threads = len(os.listdir(f"/proc/{os.getppid()}/task"))
     imported = all(name in sys.modules for name in ("torch", "vae_bench.train"))
-    Path(argv[0]).write_text(f"{threads} {imported}")
+    Path(argv[0]).write_text(f"{threads} {imported} {sys.modules['vae_bench'].__file__}")
 
 
 def wait_for_sigterm(argv: list[str]) -> None:
