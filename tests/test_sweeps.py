@@ -283,6 +283,10 @@ def test_running_a_sweep_again_into_its_folder_finishes_it(tmp_path: Path) -> No
     # seed=1 as if its process had been stopped after epoch 1: last.pt is epoch 1's checkpoint.
     (cut / "checkpoints" / "previous.pt").replace(cut / "checkpoints" / "last.pt")
     (cut / "summary.json").write_text(json.dumps({"status": "interrupted", "signal": "SIGTERM"}))
+    # ... and as if it had started under an older vae-bench, whose schema lacked two keys.
+    saved = yaml.safe_load((cut / "config.yaml").read_text())
+    del saved["eval"]["iwae_k_final"], saved["trainer"]["channels_last"]
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
     # seed=3 as if SIGKILLed before its first checkpoint, after logging (its whole log stays).
     shutil.rmtree(killed / "checkpoints")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

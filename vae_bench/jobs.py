@@ -252,7 +252,12 @@ def child_main(argv: list[str]) -> None:
     log.info("training process %d: %s", os.getpid(), "a fresh interpreter" if args.parent
              else f"forked by the zygote {os.getppid()}")
     # The parent saved the resolved config (or checked that an earlier attempt's is this one).
-    cfg = OmegaConf.load(args.run_dir / "config.yaml")
+    # An attempt started under an older vae-bench saved fewer keys: the schema gives the rest
+    # their defaults, which same_run_config took them to have.
+    from vae_bench.config import run_schema
+
+    saved = OmegaConf.load(args.run_dir / "config.yaml")
+    cfg = OmegaConf.merge(run_schema(saved), saved)
     try:
         train(cfg, args.run_dir, resume=args.attempt == "resume", quiet=args.quiet,
               start_over=args.attempt == "start over")
