@@ -87,6 +87,16 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def submitit_worker_of(pid: int) -> int:
+    """The submitit worker above a training process: its parent, or its zygote's parent where
+    the worker forked the training from a zygote (vae_bench/zygote.py)."""
+    for _ in range(4):
+        pid = parent_of(pid)
+        if "submitit" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    raise AssertionError(f"no submitit worker above the training process {pid}")
+
+
 def ends_by_itself(proc: subprocess.Popen, since: float) -> tuple[str, str]:
     """The sweep's output, once it has ended on its own within ENDS_WITHIN of `since`."""
     try:
@@ -155,8 +165,7 @@ def test_a_sigkilled_worker_ends_the_sweep_and_a_rerun_finishes_it(cluster,
     command = sweep_command(sweep, *LONG_JOB, "seed=0,1")
     proc = start_cli(command, tmp_path)
     target = sweep / "seed=1"
-    worker = parent_of(training_pid(target, proc))
-    assert "submitit" in Path(f"/proc/{worker}/cmdline").read_text()
+    worker = submitit_worker_of(training_pid(target, proc))
     os.kill(worker, signal.SIGKILL)
     out, _ = ends_by_itself(proc, time.monotonic())
     # The training gets SIGTERM when its worker dies and may write `interrupted` before the

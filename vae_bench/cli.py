@@ -360,8 +360,23 @@ def resume(argv: list[str]) -> None:
     finish(summary, multirun=False)
 
 
+def expose_launcher_plugin() -> None:
+    """Let Hydra's plugin scan find the `slurm` preset's launcher in a source checkout.
+
+    Hydra finds launchers by walking the folders of the `hydra_plugins` namespace package. A
+    wheel puts vae-bench's in site-packages/hydra_plugins, where the walk finds it; an editable
+    install (`pip install -e .`) only maps it by an import hook, which the walk does not see
+    ("Unknown plugin class"). Appending the checkout's root to sys.path (last, so it shadows
+    nothing installed) adds its hydra_plugins folder to the namespace."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "hydra_plugins" / "vae_bench_launcher").is_dir() \
+            and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    expose_launcher_plugin()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
