@@ -55,11 +55,13 @@ ZYGOTE_TARGET = "vae_bench.jobs:child_main"
 # What the zygote imports before it forks: everything a job imports, so that no job imports
 # anything. Besides the training code, what a job would import on first use: torch's compiler
 # (torch.optim imports it when an optimizer is made: sympy and all, seconds), the image writers
-# of PIL and matplotlib, tqdm's lock, TensorBoard's hparams, torch.save's settings.
+# of PIL and matplotlib, tqdm's lock, TensorBoard's hparams, torch.save's settings, and what
+# OmegaConf loads to merge a saved config onto its schema.
 ZYGOTE_PRELOAD = ["vae_bench.train", "torch._dynamo", "matplotlib.backends.backend_agg",
                   "multiprocessing.synchronize", "tensorboard.plugins.hparams.metadata",
                   "torch.utils.serialization", "PIL.BmpImagePlugin", "PIL.GifImagePlugin",
-                  "PIL.JpegImagePlugin", "PIL.PpmImagePlugin", "PIL.features"]
+                  "PIL.JpegImagePlugin", "PIL.PpmImagePlugin", "PIL.features", "omegaconf._impl",
+                  "antlr4.LL1Analyzer"]
 
 log = logging.getLogger("vae_bench")
 
