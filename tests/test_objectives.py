@@ -237,9 +237,10 @@ def test_iwae_k1_is_minus_single_sample_elbo() -> None:
     g = generator(9)
     mu = torch.randn(B, L, generator=g)
     logvar = torch.randn(B, L, generator=g) * 0.5
-    z = reparameterize(mu, torch.exp(0.5 * logvar), torch.randn(1, B, L, generator=g))
+    eps = torch.randn(1, B, L, generator=g)
+    z = reparameterize(mu, torch.exp(0.5 * logvar), eps)
     log_px_z = torch.randn(1, B, generator=g) * 10 - 50
-    log_w = iwae_log_weights(log_px_z, z, mu, logvar)
+    log_w = iwae_log_weights(log_px_z, z, eps, logvar)
     # Single-sample ELBO estimate written independently with torch.distributions.
     q = Normal(mu, torch.exp(0.5 * logvar))
     elbo = log_px_z[0] + Normal(0.0, 1.0).log_prob(z[0]).sum(-1) - q.log_prob(z[0]).sum(-1)
@@ -281,7 +282,7 @@ def test_iwae_tightens_towards_exact_log_px_on_linear_gaussian() -> None:
         eps = torch.randn(n, *mu.shape, generator=g, dtype=torch.float64)
         z = reparameterize(mu, sigma, eps)
         log_px_z = log_normal(x, a * z, torch.tensor(2 * math.log(s), dtype=torch.float64))
-        return iwae_log_weights(log_px_z, z, mu, logvar)
+        return iwae_log_weights(log_px_z, z, eps, logvar)
 
     # Analytic ELBO: E_q[log N(x; a z, s²)] - KL(q || p(z)).
     expected_log_lik = -0.5 * (
@@ -300,3 +301,21 @@ def test_iwae_tightens_towards_exact_log_px_on_linear_gaussian() -> None:
     assert gap_elbo > gaps[10] > gaps[1000] > -0.005
     assert gaps[10] < gap_elbo / 3
     assert gaps[1000] < 0.01
+
+
+def test_iwae_log_weights_stay_finite_where_sigma_underflows() -> None:
+    # A posterior with log σ² = −250 has σ = 0 in float32 (z == μ exactly); log q(z|x) is still
+    # −½ Σ (log 2π + log σ² + ε²), which float64 computes without any underflow.
+    g = generator(11)
+    mu = torch.randn(B, L, generator=g)
+    logvar = torch.full((B, L), -250.0)
+    eps = torch.randn(3, B, L, generator=g)
+    z = reparameterize(mu, torch.exp(0.5 * logvar), eps)
+    assert torch.equal(z, mu.expand_as(z))  # σ underflowed: the old (z − μ)²/σ² was 0 · ∞
+    log_px_z = torch.randn(3, B, generator=g) * 10 - 50
+    log_w = iwae_log_weights(log_px_z, z, eps, logvar)
+    assert torch.isfinite(log_w).all()
+    z64 = mu.double().expand(3, B, L)
+    expected = (log_px_z.double() + Normal(0.0, 1.0).log_prob(z64).sum(-1)
+                + 0.5 * (math.log(2 * math.pi) - 250.0 + eps.double().square()).sum(-1))
+    torch.testing.assert_close(log_w.double(), expected, rtol=1e-5, atol=1e-2)

@@ -59,7 +59,7 @@ def iwae_nll_batch(model: VAE, x: Tensor, k: int, chunk: int,
         s_x = decoded.s_x
         log_px_z = log_likelihood(model.likelihood_name, repeated_x, decoded.mean_out, s_x,
                                   model.likelihood_options).view(n, -1)
-        return iwae_log_weights(log_px_z, z, posterior.mu, posterior.logvar)
+        return iwae_log_weights(log_px_z, z, eps, posterior.logvar)
 
     return iwae_nll(sample_log_weights, k, chunk)
 

@@ -41,12 +41,21 @@ def log_standard_normal(z: Tensor) -> Tensor:
     return (-0.5 * (LOG_2PI + z.square())).sum(-1)
 
 
-def iwae_log_weights(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log p(x|z) + log p(z) - log q(z|x) for samples z (k, B, L) from q = N(μ, σ²), μ (B, L).
+def log_posterior_at_sample(eps: Tensor, logvar: Tensor) -> Tensor:
+    """log q(z|x) for z = μ + σ·ε, from ε itself: −½ Σ (log 2π + log σ² + ε²).
+
+    Recomputing ε as (z − μ)/σ fails where σ underflows (σ = 0 makes z == μ, and 0 · 1/σ² is
+    NaN); ε is known exactly, so log q stays finite for any log σ².
+    """
+    return (-0.5 * (LOG_2PI + logvar + eps.square())).sum(-1)
+
+
+def iwae_log_weights(log_px_z: Tensor, z: Tensor, eps: Tensor, logvar: Tensor) -> Tensor:
+    """log p(x|z) + log p(z) − log q(z|x) for samples z = μ + σ·ε, shapes (k, B, L); log σ² (B, L).
 
     log_px_z has shape (k, B); the result too.
     """
-    return log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
+    return log_px_z + log_standard_normal(z) - log_posterior_at_sample(eps, logvar)
 
 
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:
