@@ -29,8 +29,9 @@ from omegaconf import OmegaConf
 
 import vae_bench.train  # noqa: F401  (imported once here, before the forks, not in each child)
 from vae_bench.cli import main as cli_main
-from vae_bench.config import ConfigError, validate
+from vae_bench.config import ConfigError
 from vae_bench.parameterizations import SIGMA_MAPS
+from vae_bench.validation import validate
 
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
              "eval.iwae_k=5", "trainer.threads=1"]

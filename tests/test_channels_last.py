@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import TINY, compose_config, run_cli
 
-from vae_bench.config import ConfigError, validate
+from vae_bench.config import ConfigError
 from vae_bench.train import train
+from vae_bench.validation import validate
 
 CONV = [*TINY, "model=conv", "dataset.image_size=8", "dataset.channels=3",
         "likelihood=gaussian_shared", "eval.iwae_k=2", "log.images=false"]

@@ -10,9 +10,10 @@ from conftest import TINY, compose_config
 from omegaconf import OmegaConf
 
 from vae_bench import cli
-from vae_bench.config import ConfigError, run_schema, validate
+from vae_bench.config import ConfigError, run_schema
 from vae_bench.preflight import check_command_line, check_runnable
 from vae_bench.train import pick_device, train
+from vae_bench.validation import validate
 
 SYNTHETIC = ["dataset=synthetic", "trainer.threads=1"]
 

@@ -12,11 +12,12 @@ import pytest
 from conftest import TINY, compose_config
 from omegaconf import OmegaConf
 
-from vae_bench.config import ConfigError, validate
+from vae_bench.config import ConfigError
 from vae_bench.diagnostics import SIGMA_PERCENTILES
 from vae_bench.parameterizations import SIGMA_MAPS
 from vae_bench.tracking import read_metrics
 from vae_bench.train import iwae_due, train
+from vae_bench.validation import validate
 
 PERCENTILE_TAGS = [f"posterior/test_sigma_p{p}" for p in SIGMA_PERCENTILES]
 

@@ -108,7 +108,8 @@ def test_init_sigma_starts_every_input_at_that_sigma(name: str) -> None:
 
 
 def test_init_sigma_outside_the_maps_range_is_refused() -> None:
-    from vae_bench.config import ConfigError, validate
+    from vae_bench.config import ConfigError
+    from vae_bench.validation import validate
 
     with pytest.raises(ConfigError, match=r"model.init_sigma=5.0 .*param=sigmoid_bounded"):
         validate(compose_config([*TINY, "param=sigmoid_bounded", "model.init_sigma=5.0"]))

@@ -21,7 +21,8 @@ from conftest import TINY, compose_config, run_cli, start_cli
 import vae_bench.cli
 import vae_bench.train as train_module
 from vae_bench import jobs
-from vae_bench.config import ConfigError, validate
+from vae_bench.config import ConfigError
+from vae_bench.validation import validate
 
 TIMINGS = {"train/epoch_seconds", "train/epoch_seconds_all", "train/examples_per_s",
            "eval/iwae_seconds"}

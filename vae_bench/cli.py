@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import config_dir, register_configs, run_schema, same_run_config, validate
+from vae_bench.config import config_dir, register_configs, run_schema, same_run_config
 from vae_bench.errors import USER_ERRORS, record_failure
 from vae_bench.tracking import process_gone
+from vae_bench.validation import validate
 
 USAGE = """usage: vae-bench <command> [args]
 

@@ -35,9 +35,8 @@ from vae_bench.config import (
     choice_schema,
     config_dir,
     data_root,
-    format_value,
-    validate,
 )
+from vae_bench.validation import format_value, validate
 
 # Hydra flags after which no config is composed for training: help, completion, other configs.
 NOTHING_TO_CHECK = ("help", "hydra_help", "info", "shell_completion", "config_path",

@@ -29,7 +29,8 @@ def compose_trainer_config(args: argparse.Namespace, data: dict, diagnostics: bo
     from hydra import compose, initialize_config_dir
 
     import vae_bench.cli  # noqa: F401  (registers the schema and the job-name resolver)
-    from vae_bench.config import config_dir, validate
+    from vae_bench.config import config_dir
+    from vae_bench.validation import validate
 
     overrides = [
         f"trainer.epochs={args.epochs}", f"trainer.device={args.device}", f"seed={args.seed}",
