@@ -89,7 +89,7 @@ for study in $STUDIES; do
         --out "$DOCS/$study" ;;
     # Natural images: the conv VAE on CIFAR-10 with a discretized Gaussian, 3 seeds, 10 epochs,
     # IWAE k=100 on the first 2,000 test images (the ELBO uses all 10,000). Encoder σ-maps with
-    # a shared learned σₓ; decoder σₓ maps with the encoder on logvar.
+    # a shared learned σₓ; decoder σₓ maps with the encoder on logvar. Learned σₓ start at 0.25.
     cifar_encoder | cifar_decoder)
       [ -d "$CIFAR10_ROOT/cifar-10-batches-py" ] || {
         echo "$study: no cifar-10-batches-py in CIFAR10_ROOT=$CIFAR10_ROOT; set CIFAR10_ROOT" \
@@ -99,7 +99,7 @@ for study in $STUDIES; do
       sweep "$study" "data.root=$CIFAR10_ROOT" trainer.epochs=10 eval.iwae_k=100 \
         eval.iwae_max_examples=2000
       if [ "$study" = cifar_decoder ]; then
-        report "$study" --baseline decoder_bounded_pixel_logvar
+        report "$study" --baseline cifar_decoder_pixel_logvar
       else
         report "$study"
       fi ;;

@@ -156,6 +156,38 @@ def test_decoder_variance_variants() -> None:
     assert {c["param.name"] for c in variants.values()} == {"logvar"}  # the encoder stays put
 
 
+def test_decoder_variance_bounded_variants() -> None:
+    variants = compose_variants("decoder_variance_bounded")
+    assert {c["likelihood.name"] for c in variants.values()} == {"discretized_gaussian"}
+    pixel = {c["likelihood.param"] for c in variants.values() if c["likelihood.scale"] == "pixel"}
+    assert pixel == set(SIGMA_MAPS)
+    assert sorted(c["likelihood.scale"] for c in variants.values()
+                  if c["likelihood.scale"] != "pixel") == ["fixed", "shared"]
+    assert {c["likelihood.init_sigma"] for c in variants.values()} == {None}
+
+
+def test_cifar_presets_start_every_learned_sigma_x_at_the_pixel_std() -> None:
+    from vae_bench.validation import validate
+
+    encoder = compose_with_hydra([experiment("cifar_encoder")])
+    assert (encoder.dataset.name, encoder.model.name) == ("cifar10", "conv")
+    assert (encoder.likelihood.name, encoder.likelihood.scale) == ("discretized_gaussian", "shared")
+    assert encoder.likelihood.init_sigma == 0.25
+    validate(encoder)
+    assert set(sweep_values(encoder, "param")) == {"logvar", "logstd", "softplus_std",
+                                                    "softplus_var", "natural"}
+    variants = compose_variants("cifar_decoder")
+    scales = {(c["likelihood.scale"], c["likelihood.param"] if c["likelihood.scale"] == "pixel"
+               else None, c["likelihood.init_sigma"]) for c in variants.values()}
+    assert scales == {("pixel", "logvar", 0.25), ("pixel", "softplus_std", 0.25),
+                      ("pixel", "sigmoid_bounded", 0.25), ("shared", None, 0.25),
+                      ("fixed", None, None)}
+    for name in variants:
+        cfg = compose_with_hydra([experiment("cifar_decoder"), f"variant={name}"])
+        assert (cfg.dataset.name, cfg.model.name, cfg.param.name) == ("cifar10", "conv", "logvar")
+        validate(cfg)  # the fixed variant carries no init_sigma, which validate would refuse
+
+
 def test_slurm_launcher_preset() -> None:
     cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                               "hydra.launcher.timeout_min=30"])

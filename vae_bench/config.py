@@ -113,6 +113,10 @@ class LearnedGaussianLikelihoodConfig(LikelihoodConfig):
     not a group, so the options of every map are here; `param` reads the ones it uses."""
 
     param: str = "logvar"
+    # Where the learned σₓ starts: the shared value, or every pixel head's output bias (its
+    # weights keep PyTorch's init), set to the raw output `param` maps to init_sigma. null: a raw
+    # output of 0 (σₓ = 1 through logvar), which Adam leaves at most lr per step.
+    init_sigma: float | None = None
     floor: float = 1e-4
     min_logvar: float = -10.0
     max_logvar: float = 2.0

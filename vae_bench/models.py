@@ -80,6 +80,17 @@ def conv_parts(cfg: DictConfig, image_shape: tuple[int, int, int]):
     return encoder_body, fc_width, decoder_body, decoder_head
 
 
+def start_decoder_sigma(head: nn.Module | nn.Parameter, likelihood: DictConfig) -> None:
+    """Set the shared σₓ, or the pixel head's output bias, to what `likelihood.param` maps to
+    `likelihood.init_sigma`."""
+    s0 = get_sigma_map(likelihood.param).s_for_sigma(likelihood.init_sigma, likelihood)
+    if isinstance(head, nn.Parameter):
+        head.fill_(s0)
+        return
+    biased = [module for module in head.modules() if getattr(module, "bias", None) is not None]
+    biased[-1].bias.fill_(s0)
+
+
 class VAE(nn.Module):
     def __init__(self, cfg: DictConfig, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -109,6 +120,8 @@ class VAE(nn.Module):
             self.decoder_sigma_head = None
 
         with torch.no_grad():
+            if sigma_output and cfg.likelihood.get("init_sigma") is not None:
+                start_decoder_sigma(self.decoder_sigma_head, cfg.likelihood)
             for parameter in self.encoder_sigma_head.parameters():
                 parameter.mul_(model_cfg.sigma_head_init_scale)
             if model_cfg.init_sigma is not None:

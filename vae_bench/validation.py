@@ -147,6 +147,7 @@ def validate(cfg: DictConfig) -> None:
         problems.positive("likelihood.sigma", cfg.likelihood.sigma)
     if "scale" in cfg.likelihood:
         problems.choice("likelihood.scale", cfg.likelihood.scale, SCALE_MODES)
+    check_init_sigma_x(problems, cfg.likelihood)
     for prefix in ("param", "likelihood"):
         options = cfg[prefix]
         if "floor" in options:
@@ -205,3 +206,22 @@ def check_iwae_every(problems: Problems, every) -> None:
         problems.add("eval.iwae_every", f"eval.iwae_every={format_value(every)} must be a whole "
                      "number >= 0 (IWAE every N epochs; 0: only at the end) or a list of epochs",
                      " (e.g. `eval.iwae_every=10` or `eval.iwae_every=[10,30,100,300]`)")
+
+
+def check_init_sigma_x(problems: Problems, likelihood: DictConfig) -> None:
+    """likelihood.init_sigma: only where σₓ is learned, and inside the σ range of its map."""
+    init = likelihood.get("init_sigma")
+    if init is None:
+        return
+    if likelihood.get("scale") == "fixed":
+        problems.add("likelihood.init_sigma", f"likelihood.init_sigma={init} starts a learned "
+                     "σₓ, but likelihood.scale=fixed learns none (its σₓ is likelihood.sigma)",
+                     " (e.g. `likelihood.init_sigma=null`)")
+        return
+    if likelihood.param not in SIGMA_MAPS:
+        return  # reported above
+    lo, hi = SIGMA_MAPS[likelihood.param].sigma_bounds(likelihood)
+    if not lo < init < hi:
+        problems.add("likelihood.init_sigma", f"likelihood.init_sigma={init} must lie strictly "
+                     f"inside the σ range of likelihood.param={likelihood.param}, ({lo:g}, {hi:g})",
+                     " (e.g. `likelihood.init_sigma=null`)")
