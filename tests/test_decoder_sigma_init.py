@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import compose_config
+
 from vae_bench.config import ConfigError
 from vae_bench.models import VAE
 from vae_bench.parameterizations import SIGMA_MAPS, get_sigma_map

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -375,6 +376,13 @@ def test_a_run_started_before_a_new_config_key_is_the_same_run(tmp_path: Path) -
     saved.log.quiet = not current.log.quiet
     saved.data.download = not current.data.download
     assert same_run_config(saved, current)
+    # The data folder, written relative to the working directory or absolute, is one folder.
+    saved.data.root = str(tmp_path / "data")
+    current.data.root = os.path.relpath(tmp_path / "data")
+    assert same_run_config(saved, current)
+    current.data.root = str(tmp_path / "other_data")
+    assert not same_run_config(saved, current)
+    current.data.root = saved.data.root
     saved.optim.lr = current.optim.lr * 2
     assert not same_run_config(saved, current)
     unknown = OmegaConf.create(OmegaConf.to_container(current, resolve=True))

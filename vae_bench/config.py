@@ -289,6 +289,8 @@ def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
         for key in _VERBOSITY_KEYS:
             section, name = key.split(".")
             merged[section].pop(name, None)
+        # The same folder, however it is written: ../data from one place is /abs/data.
+        merged["data"]["root"] = os.path.realpath(os.path.expanduser(merged["data"]["root"]))
         return merged
 
     try:
