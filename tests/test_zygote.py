@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli, start_cli
 
-from vae_bench import jobs, zygote
+from vae_bench import job_start, jobs, zygote
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zygote is Linux-only")
 TESTS = Path(__file__).resolve().parent
@@ -27,7 +27,7 @@ TIMINGS = ("seconds", "examples_per_s")
 
 def zygote_env() -> dict[str, str]:
     """The jobs' environment, with this folder importable for zygote_targets."""
-    env = jobs.child_environment()
+    env = job_start.child_environment()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
 
@@ -76,6 +76,49 @@ def test_jobs_does_not_import_the_cli_and_the_zygote_module_imports_no_torch() -
     assert fresh.stdout.strip() == "[]"
 
 
+# ---- the zygote starts with the command -----------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "-m", "seed=0,1"], True),
+    (["train", "--multirun", "hydra/launcher=basic", "seed=0,1"], True),
+    (["train", "seed=0"], False),  # a single run trains in this process
+    (["train", "-m", "hydra/launcher=joblib", "seed=0,1"], False),  # its workers have their own
+    (["train", "-m", "hydra/launcher=slurm", "seed=0,1"], False),
+    (["train", "-m", "--cfg", "job"], False),
+    (["train", "-m", "--help"], False),
+    (["report", "outputs/sweeps/x"], False),
+])
+def test_which_commands_run_their_jobs_here(argv: list[str], expected: bool) -> None:
+    assert job_start.jobs_run_here(argv) is expected
+
+
+def test_a_sweep_starts_its_zygote_before_importing_torch_and_uses_it(tmp_path: Path) -> None:
+    """`vae-bench train -m` starts one zygote, before this process imports torch (the two
+    imports overlap), and its jobs fork from that one: a second zygote would show up here."""
+    code = (
+        "import sys\n"
+        "from vae_bench import command, zygote\n"
+        "started = []\n"
+        "original = zygote.Zygote.__init__\n"
+        "def spy(self, *args, **kwargs):\n"
+        "    started.append('torch' in sys.modules)\n"
+        "    original(self, *args, **kwargs)\n"
+        "zygote.Zygote.__init__ = spy\n"
+        "try:\n"
+        f"    command.main({['train', '-m', *TINY, 'seed=0,1', f'hydra.sweep.dir={tmp_path}']!r})\n"
+        "finally:\n"
+        "    print('zygotes started (torch imported then):', started)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "zygotes started (torch imported then): [False]" in result.stdout, result.stdout
+    forks = {line.split("forked by the zygote ")[1].strip()
+             for log_file in tmp_path.glob("seed=*/train.log")
+             for line in log_file.read_text().splitlines() if "forked by the zygote" in line}
+    assert len(forks) == 1, forks
+
+
 # ---- no thread pool before the fork ---------------------------------------------------------
 
 
@@ -85,7 +128,7 @@ def test_the_zygote_forks_only_while_it_is_one_thread(tmp_path: Path) -> None:
     import vae_bench
 
     report = tmp_path / "parent_state"
-    with started("zygote_targets:parent_state", jobs.ZYGOTE_PRELOAD) as process:
+    with started("zygote_targets:parent_state", job_start.ZYGOTE_PRELOAD) as process:
         assert process.fork([str(report)], zygote_env()).wait() == 0
     assert report.read_text() == f"1 True {vae_bench.__file__}"
 
@@ -100,7 +143,7 @@ def test_a_forked_job_imports_nothing_the_zygote_had_not(tmp_path: Path) -> None
     run_dir.mkdir()
     OmegaConf.save(compose_config([*TINY, "trainer.epochs=1"]), run_dir / "config.yaml",
                    resolve=True)
-    with started("zygote_targets:imports_of_a_job", jobs.ZYGOTE_PRELOAD) as process:
+    with started("zygote_targets:imports_of_a_job", job_start.ZYGOTE_PRELOAD) as process:
         child = process.fork([str(report), str(run_dir), "--quiet"], zygote_env())
         assert child.wait() == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
@@ -170,7 +213,7 @@ def test_forked_and_fresh_jobs_train_bitwise_equal_with_two_threads(tmp_path: Pa
     for start in ("zygote", "spawn"):
         sweep = tmp_path / start
         result = run_cli(["train", "-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path,
-                         env={jobs.JOB_START: start}, timeout=TIMEOUT)
+                         env={job_start.JOB_START: start}, timeout=TIMEOUT)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[start] = sweep
     for seed in (0, 1):

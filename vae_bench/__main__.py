@@ -1,3 +1,3 @@
-from vae_bench.cli import main
+from vae_bench.command import main
 
 main()

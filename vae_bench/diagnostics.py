@@ -233,11 +233,12 @@ def sigma_percentile_scalars(log_sigma_quantiles: list[float]) -> dict[str, floa
 def sorted_kl_figure(kl_per_dim: Tensor):
     values = torch.sort(kl_per_dim, descending=True).values.numpy()
     figure, axis = plt.subplots(figsize=(5, 2.5), dpi=80)
+    # Fixed margins: tight_layout measured every tick label, a third of the figure's cost.
+    figure.subplots_adjust(left=0.14, right=0.97, bottom=0.2, top=0.9)
     axis.bar(range(len(values)), values, color="tab:blue")
     axis.axhline(ACTIVE_UNIT_THRESHOLD, color="gray", lw=0.8, ls="--")
     axis.set_xlabel("latent dimension (sorted)")
     axis.set_ylabel("KL (nats)")
-    figure.tight_layout()
     return figure
 
 

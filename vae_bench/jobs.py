@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -41,28 +40,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-import vae_bench
 from vae_bench import zygote
 from vae_bench.errors import USER_ERRORS, record_failure
+from vae_bench.job_start import (
+    ZYGOTE_PRELOAD,
+    ZYGOTE_TARGET,
+    child_environment,
+    zygote_allowed,
+)
 from vae_bench.tracking import SUMMARY_FILE, atomic_write_text, tensorboard_hint
 
 JOURNAL = ".vae_bench_jobs.jsonl"  # in the sweep folder; one line per job of the latest sweep
 ENDINGS = ("completed", "diverged", "failed", "interrupted", "killed")
 KEPT = "kept"  # the job's folder held a run it must not overwrite (see cli.EarlierRunKept)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's job log
-JOB_START = "VAE_BENCH_JOB_START"  # "spawn": every job in a fresh interpreter, no zygote
-ZYGOTE_TARGET = "vae_bench.jobs:child_main"
-# What the zygote imports before it forks: everything a job imports, so that no job imports
-# anything. Besides the training code, what a job would import on first use: torch's compiler
-# (torch.optim imports it when an optimizer is made: sympy and all, seconds), the image writers
-# of PIL and matplotlib, tqdm's lock, TensorBoard's hparams, torch.save's settings, and what
-# OmegaConf loads to merge a saved config onto its schema.
-ZYGOTE_PRELOAD = ["vae_bench.train", "torch._dynamo", "matplotlib.backends.backend_agg",
-                  "multiprocessing.synchronize", "tensorboard.plugins.hparams.metadata",
-                  "torch.utils.serialization", "PIL.BmpImagePlugin", "PIL.GifImagePlugin",
-                  "PIL.JpegImagePlugin", "PIL.PpmImagePlugin", "PIL.features", "omegaconf._impl",
-                  "antlr4.LL1Analyzer"]
-
 log = logging.getLogger("vae_bench")
 
 
@@ -75,17 +66,6 @@ def read_summary(run_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
-
-
-def child_environment() -> dict[str, str]:
-    """The parent's environment, with this vae_bench first on the path: the child must run the
-    code the parent runs, not another installed copy."""
-    env = dict(os.environ)
-    root = str(Path(vae_bench.__file__).resolve().parent.parent)
-    site_dirs = {*site.getsitepackages(), site.getusersitepackages()}
-    if root not in site_dirs:  # a site dir ahead of the standard library could shadow it
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 @contextmanager
@@ -141,6 +121,17 @@ class WorkerZygote:
             raise
 
     @classmethod
+    def adopt(cls, early: zygote.Zygote) -> None:
+        """Take a zygote started before this module was imported (job_start.start_early) as
+        this process's; the first job then finds its imports done or under way."""
+        if cls.current is not None:
+            early.stop()
+            return
+        cls.current = early
+        atexit.register(cls.stop)
+        log.debug("jobs fork from the zygote %d, started with the command", early.pid)
+
+    @classmethod
     def stop(cls) -> None:
         if cls.current is not None:
             cls.current.stop()
@@ -151,8 +142,7 @@ def start_child(run_dir: Path, attempt: str | None,
                 quiet: bool) -> subprocess.Popen | zygote.ZygoteChild:
     """A fork of this process's zygote where it can have one, else a fresh interpreter."""
     args = [str(run_dir), "--attempt", attempt or "new", *(["--quiet"] if quiet else [])]
-    if (sys.platform == "linux" and os.environ.get(JOB_START) != "spawn"
-            and not WorkerZygote.failed):
+    if zygote_allowed() and not WorkerZygote.failed:
         try:
             return WorkerZygote.fork(args)
         except zygote.ZygoteUnavailable as error:
