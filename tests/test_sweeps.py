@@ -189,6 +189,44 @@ def test_cifar_presets_start_every_learned_sigma_x_at_the_pixel_std() -> None:
         validate(cfg)  # the fixed variant carries no init_sigma, which validate would refuse
 
 
+def test_the_default_launcher_is_local_and_falls_back_where_jobs_change_folder_or_env() -> None:
+    from hydra_plugins.vae_bench_launcher.local_launcher import composes_alike_in_any_thread
+
+    cfg = compose_with_hydra([])
+    assert cfg.hydra.launcher._target_.endswith("local_launcher.LocalLauncher")
+    assert composes_alike_in_any_thread(cfg)
+    assert not composes_alike_in_any_thread(compose_with_hydra(["hydra.job.chdir=true"]))
+    assert not composes_alike_in_any_thread(compose_with_hydra(["+hydra.job.env_set.X=1"]))
+    assert compose_with_hydra(["hydra/launcher=basic"]).hydra.launcher._target_.endswith(
+        "basic_launcher.BasicLauncher")
+
+
+def test_the_local_launcher_runs_the_jobs_hydras_basic_launcher_runs(tmp_path: Path) -> None:
+    """It composes each job's config in a thread, ahead: the configs, the folders and the
+    results must be those of Hydra's basic launcher, group overrides included."""
+    sweep = [*TINY, "trainer.epochs=1", "param=logvar,softplus_std", "seed=0,1"]
+    for name, launcher in (("local", []), ("basic", ["hydra/launcher=basic"])):
+        result = run_cli(["train", "-m", *sweep, *launcher,
+                          f"hydra.sweep.dir={tmp_path / name}"], tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    basic_runs = sorted(p.parent.name for p in (tmp_path / "basic").glob("*/config.yaml"))
+    local_runs = sorted(p.parent.name for p in (tmp_path / "local").glob("*/config.yaml"))
+    assert basic_runs == local_runs and len(basic_runs) == 4
+    for name in basic_runs:
+        basic, local = tmp_path / "basic" / name, tmp_path / "local" / name
+        for file in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+            assert (local / file).read_text() == (basic / file).read_text(), (name, file)
+        hydra_basic = OmegaConf.load(basic / ".hydra/hydra.yaml").hydra
+        hydra_local = OmegaConf.load(local / ".hydra/hydra.yaml").hydra
+        assert (hydra_local.job.num, hydra_local.job.override_dirname) == \
+            (hydra_basic.job.num, hydra_basic.job.override_dirname)
+        computed = [{key: value for key, value in
+                     json.loads((run / "summary.json").read_text()).items()
+                     if "seconds" not in key and "per_s" not in key
+                     and key not in ("pid", "host")} for run in (basic, local)]
+        assert computed[0] == computed[1], name
+
+
 def test_slurm_launcher_preset() -> None:
     cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                               "hydra.launcher.timeout_min=30"])

@@ -82,6 +82,7 @@ def test_jobs_does_not_import_the_cli_and_the_zygote_module_imports_no_torch() -
 @pytest.mark.parametrize("argv, expected", [
     (["train", "-m", "seed=0,1"], True),
     (["train", "--multirun", "hydra/launcher=basic", "seed=0,1"], True),
+    (["train", "-m", "hydra/launcher=local", "seed=0,1"], True),
     (["train", "seed=0"], False),  # a single run trains in this process
     (["train", "-m", "hydra/launcher=joblib", "seed=0,1"], False),  # its workers have their own
     (["train", "-m", "hydra/launcher=slurm", "seed=0,1"], False),

@@ -48,9 +48,9 @@ def zygote_allowed() -> bool:
 
 
 def jobs_run_here(argv: list[str]) -> bool:
-    """Whether `vae-bench <argv>` runs sweep jobs from this process: `train -m` under Hydra's
-    basic launcher. joblib's workers and SLURM's tasks each start a zygote of their own, and a
-    single run trains in this process."""
+    """Whether `vae-bench <argv>` runs sweep jobs from this process: `train -m` under the
+    default launcher (`local`) or Hydra's `basic`. joblib's workers and SLURM's tasks each
+    start a zygote of their own, and a single run trains in this process."""
     if not argv or argv[0] != "train":
         return False
     rest = argv[1:]
@@ -60,7 +60,7 @@ def jobs_run_here(argv: list[str]) -> bool:
         return False
     launchers = [arg.split("=", 1)[1] for arg in rest
                  if arg.split("=", 1)[0].lstrip("+~") == "hydra/launcher" and "=" in arg]
-    return not launchers or launchers[-1] == "basic"
+    return not launchers or launchers[-1] in ("local", "basic")
 
 
 def start_early(argv: list[str]) -> zygote.Zygote | None:
