@@ -109,6 +109,8 @@ CASES = {
                          ["not found", "MNIST/raw/train-images-idx3-ubyte", "data.root=",
                           "dataset=synthetic"],
                          setup=lambda root: (root / "data").mkdir()),
+    "two_modes": Case(["train", "-m", "--cfg", "job", *SYNTHETIC],
+                      ["--multirun and --cfg cannot go together", "vae-bench train --cfg job"]),
     "unknown_choice_in_a_sweep": Case(["train", "-m", *SYNTHETIC, "param=logvar,log_var"],
                                       ["param=log_var", "did you mean `param=logvar`?"]),
     "data_truncated": Case(["train", "dataset=mnist", "data.root=data", "hydra.run.dir=run"],

@@ -286,6 +286,13 @@ def check_command_line(argv: list[str]) -> DictConfig | None:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
+    modes = [flag for flag, given in (("--multirun", args.multirun), ("--cfg", args.cfg),
+                                      ("--info", args.info),
+                                      ("--shell-completion", args.shell_completion)) if given]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot go together: pick one (e.g. "
+                          "`vae-bench train --cfg job a=b` shows one run's config; a sweep's "
+                          "jobs each have theirs in <run folder>/config.yaml)")
     if any(getattr(args, flag) for flag in NOTHING_TO_CHECK):
         return None
     overrides = parse(args.overrides)
