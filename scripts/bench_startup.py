@@ -53,7 +53,8 @@ TINY_JOB = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=256"
             "trainer.epochs=1", "eval.iwae_k=1", "log.quiet=true", "trainer.threads=1"]
 # `local` is the default (whatever the checkout's default launcher is: Hydra's basic one before
 # vae-bench had its own); `basic` names Hydra's.
-LAUNCHERS = {"local": [], "basic": ["hydra/launcher=basic"], "joblib1": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"],
+LAUNCHERS = {"local": [], "basic": ["hydra/launcher=basic"],
+             "joblib1": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"],
              "joblib2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 TIMEOUT = 3600  # one sweep; the old start-up took up to ~7 s a job on this 2-core machine
 
