@@ -564,6 +564,44 @@ def test_variant_override_is_an_ordinary_key(tmp_path: Path, capsys) -> None:
                         "3 pairs"]
 
 
+def test_a_baseline_that_always_diverged_is_compared_on_divergence(tmp_path: Path,
+                                                                     capsys) -> None:
+    """No metric can be compared with a baseline without a completed run; divergence can, by
+    Fisher's exact test, Holm-adjusted over the variants."""
+    from scipy.stats import fisher_exact
+
+    sweep = tmp_path / "decoder"
+    for seed in range(3):
+        make_run(sweep, ["variant=pixel_logvar", f"seed={seed}"], status="diverged",
+                 curve=[-1300.0])
+        make_run(sweep, ["variant=pixel_softplus_var", f"seed={seed}"], curve=[-1225.0 - seed])
+        make_run(sweep, ["variant=pixel_logstd", f"seed={seed}"],
+                 status="diverged" if seed else "completed", curve=[-1250.0])
+    run_report(capsys, sweep, "--no-figures", "--baseline", "variant=pixel_logvar")
+    comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
+    assert "`variant=pixel_logvar` has no completed run, so no metric is compared" in comparison
+    assert "paired t" not in comparison and "Welch t" not in comparison
+    rows = {row[0]: row[1:] for row in table_rows(comparison, "variant=pixel_softplus_var")
+            + table_rows(comparison, "variant=pixel_logstd")}
+    p_softplus = fisher_exact([[0, 3], [3, 0]]).pvalue
+    p_logstd = fisher_exact([[2, 1], [3, 0]]).pvalue
+    assert rows["variant=pixel_softplus_var"][:4] == ["variant=pixel_logvar", "0/3", "3/3",
+                                                      f"{p_softplus:.3f}"]
+    assert rows["variant=pixel_logstd"][1:4] == ["2/3", "3/3", f"{p_logstd:.3f}"]
+    assert rows["variant=pixel_softplus_var"][4] == f"{min(1.0, 2 * p_softplus):.3f}"  # Holm
+    assert rows["variant=pixel_softplus_var"][5] == "no"  # 3 seeds cannot show it
+
+
+def test_no_divergence_table_where_nothing_diverged(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "calm"
+    for seed in range(2):
+        make_run(sweep, ["param=logvar", f"seed={seed}"], curve=[-100.0 - seed])
+        make_run(sweep, ["param=logstd", f"seed={seed}"], curve=[-101.0 - seed])
+    run_report(capsys, sweep, "--no-figures")
+    report_md = (sweep / "report.md").read_text()
+    assert "paired t" in report_md and "Fisher" not in report_md
+
+
 # ---- difference to the baseline over training ---------------------------------------------------
 
 

@@ -116,6 +116,13 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
                       len(x), len(y))
 
 
+def fisher_exact_p(diverged_a: int, finished_a: int, diverged_b: int, finished_b: int) -> float:
+    """Two-sided Fisher exact p-value for diverged vs completed, side a against side b: exact
+    at any n (at 3 seeds a side, even 3/3 against 0/3 gives p = 0.1)."""
+    table = [[diverged_a, finished_a - diverged_a], [diverged_b, finished_b - diverged_b]]
+    return float(scipy_stats.fisher_exact(table).pvalue)
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the order given: the i-th smallest of m is
     multiplied by m − i + 1, made monotone, capped at 1. Controls the family-wise error rate

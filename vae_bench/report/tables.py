@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from vae_bench.report.equivalence import OBJECTIVE_TAGS, equivalence_rows, has_sigma_head_knobs
 from vae_bench.report.frontier import FrontierRow
 from vae_bench.report.runs import KILLED, NO_SUMMARY, Run, as_float, split_override
-from vae_bench.report.stats import ALPHA, CONFIDENCE, Stat
+from vae_bench.report.stats import ALPHA, CONFIDENCE, Stat, fisher_exact_p, holm
 from vae_bench.report.variants import (
     METRIC_DECIMALS,
     METRICS,
@@ -131,11 +131,24 @@ def comparison_section(comparisons: list[Comparison], spec: tuple[str, str | Non
                   else "no variant here matches the baseline")
         return [header, "", f"No comparison: {reason}; choose another with `--baseline "
                 "KEY=VALUE`.", ""]
+    lines = [header, ""]
+    without_runs = sorted({c.baseline.label for c in comparisons
+                           if not c.baseline.count("completed")})
+    if without_runs:
+        lines += [f"The baseline {', '.join(f'`{label}`' for label in without_runs)} has no "
+                  "completed run, so no metric is compared with it; divergence still is "
+                  "(below).", ""]
+    with_runs = [c for c in comparisons if c.baseline.label not in without_runs]
+    if with_runs:
+        lines += metric_comparisons(with_runs)
+    return lines + divergence_comparisons(comparisons)
+
+
+def metric_comparisons(comparisons: list[Comparison]) -> list[str]:
     tested = sum(c.result.tested for c in comparisons)
     paired = any(c.result.paired for c in comparisons)
     compared = len({c.variant.key for c in comparisons})
-    lines = [header, "",
-             f"Difference of means (variant − baseline) over completed seeds, with a Student-t "
+    lines = [f"Difference of means (variant − baseline) over completed seeds, with a Student-t "
              f"{CONFIDENCE:.0%} CI and a two-sided p-value. *paired t*: both sides have the same "
              "seeds, and the test is on the per-seed differences; *Welch t*: the seeds differ, "
              "so the sides are compared unpaired, with unequal variances (Welch–Satterthwaite "
@@ -161,6 +174,24 @@ def comparison_section(comparisons: list[Comparison], spec: tuple[str, str | Non
     lines += md_table(["variant", "baseline", "metric", "method", "n", "Δ",
                        f"{CONFIDENCE:.0%} CI", "p", "p (Holm)", "beyond seed noise?"], rows)
     return lines + [""]
+
+
+def divergence_comparisons(comparisons: list[Comparison]) -> list[str]:
+    """Diverged vs completed runs, each variant against its baseline (Fisher's exact test, Holm
+    over the variants); only where some run of them diverged."""
+    pairs = {c.variant.key: (c.variant, c.baseline) for c in comparisons}
+    pairs = {key: (v, b) for key, (v, b) in pairs.items() if v.divergence[1] and b.divergence[1]}
+    if not any(v.divergence[0] or b.divergence[0] for v, b in pairs.values()):
+        return []
+    p_values = [fisher_exact_p(*v.divergence, *b.divergence) for v, b in pairs.values()]
+    rows = [[v.label, b.label, f"{v.divergence[0]}/{v.divergence[1]}",
+             f"{b.divergence[0]}/{b.divergence[1]}", fmt_p(p), fmt_p(p_holm),
+             "yes" if p_holm < ALPHA else "no"]
+            for (v, b), p, p_holm in zip(pairs.values(), p_values, holm(p_values))]
+    return ["Divergence (diverged / finished runs), each variant against its baseline: Fisher's "
+            "exact test, two-sided, Holm-adjusted over the variants of this table.", "",
+            *md_table(["variant", "baseline", "diverged", "baseline diverged", "p (Fisher)",
+                       "p (Holm)", "beyond seed noise?"], rows), ""]
 
 
 # ---------------------------------------------------------------------------------------------
