@@ -120,6 +120,18 @@ def test_a_sweep_starts_its_zygote_before_importing_torch_and_uses_it(tmp_path: 
     assert len(forks) == 1, forks
 
 
+def test_a_stopped_zygote_exits_cleanly_and_removes_its_socket() -> None:
+    """It ends with os._exit (no interpreter teardown, which took 3-4 s with torch loaded on a
+    busy machine, before the sweep could exit), after its own clean-up."""
+    started_zygote = zygote.Zygote(job_start.ZYGOTE_TARGET, ["json"],
+                                   job_start.child_environment())
+    folder = Path(started_zygote.folder)
+    assert (folder / "socket").exists()
+    started_zygote.stop()
+    assert started_zygote.process.returncode == 0
+    assert not folder.exists()
+
+
 # ---- no thread pool before the fork ---------------------------------------------------------
 
 

@@ -310,10 +310,10 @@ class SweepProgress(Callback):
         print(f"vae-bench: sweep folder: {folder}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        WorkerZygote.stop()  # the basic launcher's, in this process (workers' end with them)
         folder = sweep_folder(config)
         if folder is not None:
             print(closing_line(folder, read_journal(folder)), flush=True)
+        WorkerZygote.stop()  # the local launcher's, in this process (workers' end with them)
 
 
 if __name__ == "__main__":
