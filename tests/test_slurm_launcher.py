@@ -225,14 +225,14 @@ def test_more_cpus_or_memory_than_any_node_has_is_refused(tmp_path: Path) -> Non
         assert named in line and "more than any node" in line
 
 
-def test_hydra_finds_the_slurm_launcher_however_vae_bench_is_installed(tmp_path) -> None:
+def test_hydra_finds_vae_benchs_launchers_however_vae_bench_is_installed(tmp_path) -> None:
     """Hydra's plugin scan walks the hydra_plugins folders; an editable install alone does not
-    put vae-bench's among them ("Unknown plugin class"): the CLI does, before Hydra runs."""
+    put vae-bench's among them ("Unknown plugin class"): importing the CLI does, before Hydra
+    runs its scan (once per process), here from a folder that is not the checkout."""
     import subprocess
     import sys
 
-    program = ("from vae_bench.cli import expose_launcher_plugin\n"
-               "expose_launcher_plugin()\n"
+    program = ("import vae_bench.cli\n"
                "from hydra.core.plugins import Plugins\n"
                "from hydra.plugins.launcher import Launcher\n"
                "print(sorted(f'{c.__module__}.{c.__name__}' "
@@ -241,3 +241,4 @@ def test_hydra_finds_the_slurm_launcher_however_vae_bench_is_installed(tmp_path)
                            text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert "hydra_plugins.vae_bench_launcher.slurm_launcher.SlurmLauncher" in found.stdout
+    assert "hydra_plugins.vae_bench_launcher.local_launcher.LocalLauncher" in found.stdout

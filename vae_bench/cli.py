@@ -362,7 +362,8 @@ def resume(argv: list[str]) -> None:
 
 
 def expose_launcher_plugin() -> None:
-    """Let Hydra's plugin scan find the `slurm` preset's launcher in a source checkout.
+    """Let Hydra's plugin scan find vae-bench's launchers (`local`, the default, and `slurm`)
+    in a source checkout.
 
     Hydra finds launchers by walking the folders of the `hydra_plugins` namespace package. A
     wheel puts vae-bench's in site-packages/hydra_plugins, where the walk finds it; an editable
@@ -375,9 +376,13 @@ def expose_launcher_plugin() -> None:
         sys.path.append(str(checkout))
 
 
+# On import, not only in main(): Hydra scans its plugins once per process, at its first use,
+# which in a program (or test session) that imports vae_bench.cli may come before main().
+expose_launcher_plugin()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    expose_launcher_plugin()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
