@@ -4,6 +4,8 @@ device selection, and a run config holds only the keys its choices use."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import TINY, compose_config
@@ -208,3 +210,19 @@ def test_renaming_a_choice_by_its_name_key_is_refused() -> None:
     cfg = compose_config([*SYNTHETIC, "param.name=natural"])
     with pytest.raises(ConfigError, match="choose it with `param=natural`"):
         validate(cfg)
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly() -> None:
+    """`vae-bench --help | head -1`: stdout's reader is gone before vae-bench writes."""
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "vae_bench", "--help"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1
+    assert done.stderr == ""

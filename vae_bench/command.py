@@ -6,6 +6,7 @@ processes' imports overlap; then the CLI (cli.py) takes over.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from vae_bench import job_start
@@ -18,4 +19,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if early is not None:
         jobs.WorkerZygote.adopt(early)
-    cli.main(argv)
+    try:
+        cli.main(argv)
+    except BrokenPipeError:
+        # The reader went away (`vae-bench --help | head`): end quietly, as Unix tools do,
+        # without a traceback or the interpreter's own complaint when it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
