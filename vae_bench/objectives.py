@@ -47,7 +47,7 @@ def log_posterior_at_sample(eps: Tensor, logvar: Tensor) -> Tensor:
     Recomputing ε as (z − μ)/σ fails where σ underflows (σ = 0 makes z == μ, and 0 · 1/σ² is
     NaN); ε is known exactly, so log q stays finite for any log σ².
     """
-    return (-0.5 * (LOG_2PI + logvar + eps.square())).sum(-1)
+    return log_standard_normal(eps) - 0.5 * logvar.sum(-1)
 
 
 def iwae_log_weights(log_px_z: Tensor, z: Tensor, eps: Tensor, logvar: Tensor) -> Tensor:

@@ -135,11 +135,8 @@ def validate(cfg: DictConfig) -> None:
     problems.positive("model.sigma_head_scale", model.sigma_head_scale)
     problems.positive("model.sigma_head_init_scale", model.sigma_head_init_scale)
     if model.init_sigma is not None and cfg.param.name in SIGMA_MAPS:
-        lo, hi = SIGMA_MAPS[cfg.param.name].sigma_bounds(cfg.param)
-        if not lo < model.init_sigma < hi:
-            problems.add("model.init_sigma", f"model.init_sigma={model.init_sigma} must lie "
-                         f"strictly inside the σ range of param={cfg.param.name}, "
-                         f"({lo:g}, {hi:g})")
+        check_inside_sigma_range(problems, "model.init_sigma", model.init_sigma, "param",
+                                 cfg.param.name, cfg.param)
 
     if "param" in cfg.likelihood:
         problems.choice("likelihood.param", cfg.likelihood.param, tuple(SIGMA_MAPS))
@@ -218,10 +215,15 @@ def check_init_sigma_x(problems: Problems, likelihood: DictConfig) -> None:
                      "σₓ, but likelihood.scale=fixed learns none (its σₓ is likelihood.sigma)",
                      " (e.g. `likelihood.init_sigma=null`)")
         return
-    if likelihood.param not in SIGMA_MAPS:
-        return  # reported above
-    lo, hi = SIGMA_MAPS[likelihood.param].sigma_bounds(likelihood)
-    if not lo < init < hi:
-        problems.add("likelihood.init_sigma", f"likelihood.init_sigma={init} must lie strictly "
-                     f"inside the σ range of likelihood.param={likelihood.param}, ({lo:g}, {hi:g})",
-                     " (e.g. `likelihood.init_sigma=null`)")
+    if likelihood.param in SIGMA_MAPS:  # an unknown map is reported above
+        check_inside_sigma_range(problems, "likelihood.init_sigma", init, "likelihood.param",
+                                 likelihood.param, likelihood)
+
+
+def check_inside_sigma_range(problems: Problems, key: str, sigma: float, map_key: str,
+                             map_name: str, options: DictConfig) -> None:
+    """A starting σ must be one the map can output: strictly inside its bounds."""
+    lo, hi = SIGMA_MAPS[map_name].sigma_bounds(options)
+    if not lo < sigma < hi:
+        problems.add(key, f"{key}={sigma} must lie strictly inside the σ range of "
+                     f"{map_key}={map_name}, ({lo:g}, {hi:g})")

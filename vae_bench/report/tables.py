@@ -179,8 +179,8 @@ def metric_comparisons(comparisons: list[Comparison]) -> list[str]:
 def divergence_comparisons(comparisons: list[Comparison]) -> list[str]:
     """Diverged vs completed runs, each variant against its baseline (Fisher's exact test, Holm
     over the variants); only where some run of them diverged."""
-    pairs = {c.variant.key: (c.variant, c.baseline) for c in comparisons}
-    pairs = {key: (v, b) for key, (v, b) in pairs.items() if v.divergence[1] and b.divergence[1]}
+    pairs = {c.variant.key: (c.variant, c.baseline) for c in comparisons
+             if c.variant.divergence[1] and c.baseline.divergence[1]}
     if not any(v.divergence[0] or b.divergence[0] for v, b in pairs.values()):
         return []
     p_values = [fisher_exact_p(*v.divergence, *b.divergence) for v, b in pairs.values()]
