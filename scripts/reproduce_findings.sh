@@ -15,7 +15,11 @@
 #
 # Each sweep writes into a fixed folder under $FINDINGS_RUNS (default outputs/findings), so
 # running the script again after it was cut short finishes only what is missing: completed and
-# diverged jobs are skipped, interrupted or killed ones resume. The reports (tables, JSON, CSV,
+# diverged jobs are skipped, interrupted or killed ones resume. Each finished run is also
+# recorded, as it lands, in docs/findings/<study>/runs (scripts/study_records.py: no
+# checkpoints, events cut to what the report reads), and a sweep starts by restoring those
+# records: on a fresh machine, or after outputs/ was deleted, the same command skips the runs
+# already recorded; commit the records to keep them. The reports (tables, JSON, CSV,
 # figures) go to docs/findings/<study>/. On a 2-core CPU the studies before long_horizon take
 # about 2 hours with the default 2 jobs of 1 thread each, and long_horizon alone about 6 hours
 # on idle cores (its preset's header has the budget); JOBS=N runs N jobs at a time (give each a
@@ -29,6 +33,8 @@ cd "$(dirname "$0")/.."
 export VAE_BENCH_DATA
 RUNS=${FINDINGS_RUNS:-outputs/findings}
 DOCS=${FINDINGS_DOCS:-docs/findings}
+RECORDS=${FINDINGS_RECORDS:-$DOCS}  # <study>/runs: each finished run's record (study_records.py)
+RECORD_EVERY=${RECORD_EVERY:-300}   # seconds between records of runs finished mid-sweep
 JOBS=${JOBS:-2}
 VAE_BENCH=${VAE_BENCH:-vae-bench}   # e.g. VAE_BENCH="python -m vae_bench"
 STUDIES=${STUDIES:-"param_sweep_mnist lr_stability param_sweep_fashion_mnist logstd_equivalence same_init_sigma decoder_variance decoder_variance_bounded cifar_encoder cifar_decoder long_horizon"}
@@ -39,11 +45,41 @@ PARALLEL=(hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" trainer.threads=1 
 SEEDS5=seed=0,1,2,3,4
 SEEDS3=seed=0,1,2
 
+records() {  # records save|restore <study>: the study's finished runs, kept in git
+  local runs="$RUNS/$1" kept="$RECORDS/$1/runs"
+  if [ "$2" = save ]; then
+    python scripts/study_records.py save "$runs" "$kept"
+  else
+    python scripts/study_records.py restore "$kept" "$runs"
+  fi
+}
+
+record_while_sweeping() {  # record_while_sweeping <study>: every RECORD_EVERY s, until killed
+  local sleeper
+  trap 'kill "$sleeper" 2> /dev/null; exit 0' TERM  # a save under way finishes first
+  while true; do
+    sleep "$RECORD_EVERY" &
+    sleeper=$!
+    wait "$sleeper"
+    records "$1" save > /dev/null || true
+  done
+}
+
 sweep() {  # sweep <study> <overrides...>: one study into its fixed folder
-  local study=$1
+  local study=$1 status=0 saver
   shift
+  records "$study" restore
+  # Finished runs are recorded as they land, not only at the end: a session that ends
+  # mid-sweep keeps them (commit $RECORDS/<study>/runs).
+  record_while_sweeping "$study" &
+  saver=$!
   echo "== sweep $study: $*"
-  $VAE_BENCH train -m "experiment=$study" "$@" "${PARALLEL[@]}" "hydra.sweep.dir=$RUNS/$study"
+  $VAE_BENCH train -m "experiment=$study" "$@" "${PARALLEL[@]}" "hydra.sweep.dir=$RUNS/$study" \
+    || status=$?
+  kill "$saver" 2> /dev/null || true
+  wait "$saver" 2> /dev/null || true  # before the last save starts
+  records "$study" save
+  return "$status"
 }
 
 report() {  # report <study> [report options...]; SWEEPS_ONLY=1 leaves reports for later
