@@ -9,9 +9,10 @@ finish), so by hand these are needed only to record a sweep run some other way.
 
 `save` writes a record of every finished job of a sweep folder: one whose summary.json says
 completed or diverged. A record is the job's folder without what only training needs or what
-is too large for git: config.yaml, .hydra/*.yaml, summary.json, metrics.jsonl and train.log
-are copied; the checkpoints are left out; the TensorBoard events are cut down to what
-`vae-bench report` reads from them (the last `posterior/logvar` histogram). A job whose record
+is too large for git: config.yaml, .hydra/*.yaml, summary.json and train.log are copied,
+metrics.jsonl is compressed (metrics.jsonl.xz: a 300-epoch run logs megabytes); the
+checkpoints are left out; the TensorBoard events are cut down to what `vae-bench report` reads
+from them (the last `posterior/logvar` histogram). A job whose record
 already holds the same summary.json is left as it is, so saving again changes nothing in git.
 
 `restore` copies records back into a sweep folder, for jobs it does not hold yet (a folder that
@@ -24,13 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 FINISHED = ("completed", "diverged")
-COPIED = ("config.yaml", "summary.json", "metrics.jsonl", "train.log")
+COPIED = ("config.yaml", "summary.json", "train.log")
+METRICS = "metrics.jsonl"  # recorded as metrics.jsonl.xz, restored as it was
 HISTOGRAM_THE_REPORT_READS = "posterior/logvar"
 EVENTS_GLOB = "events.out.tfevents.*"
 
@@ -108,6 +111,9 @@ def save(sweep: Path, records: Path) -> dict[str, int]:
         for name in COPIED:
             if (job / name).is_file():
                 shutil.copy2(job / name, staging / name)
+        if (job / METRICS).is_file():
+            with lzma.open(staging / f"{METRICS}.xz", "wb", preset=9) as packed:
+                packed.write((job / METRICS).read_bytes())
         if (job / ".hydra").is_dir():
             (staging / ".hydra").mkdir()
             for yaml_file in (job / ".hydra").glob("*.yaml"):
@@ -128,7 +134,9 @@ def restore(records: Path, sweep: Path) -> dict[str, int]:
         if job.exists():
             counts["already there"] += 1
             continue
-        shutil.copytree(record, job)
+        shutil.copytree(record, job, ignore=shutil.ignore_patterns(f"{METRICS}.xz"))
+        if (record / f"{METRICS}.xz").is_file():
+            (job / METRICS).write_bytes(lzma.decompress((record / f"{METRICS}.xz").read_bytes()))
         counts["restored"] += 1
     return counts
 

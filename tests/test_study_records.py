@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -51,8 +52,12 @@ def test_records_of_finished_runs_let_the_same_sweep_skip_them_on_a_fresh_machin
     assert "1 saved" in saved.stdout and "1 unfinished" in saved.stdout
     assert sorted(p.name for p in records.iterdir()) == ["multirun.yaml", "seed=0"]
     record = records / "seed=0"
-    for name in ("config.yaml", "summary.json", "metrics.jsonl", "train.log"):
+    for name in ("config.yaml", "summary.json", "train.log"):
         assert (record / name).read_bytes() == (done / name).read_bytes(), name
+    assert not (record / "metrics.jsonl").exists()  # kept compressed, and read as it was
+    assert lzma.decompress((record / "metrics.jsonl.xz").read_bytes()) == (
+        done / "metrics.jsonl").read_bytes()
+    assert load_run(record, records).records() == load_run(done, sweep).records()
     assert (done / "checkpoints").is_dir() and not (record / "checkpoints").exists()
     # The events are cut to the one histogram the report draws, and it is the run's own.
     original = logvar_histogram(load_run(done, sweep))

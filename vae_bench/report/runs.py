@@ -4,6 +4,7 @@ group, and set aside a second run of the same config and seed."""
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import os
 from collections.abc import Sequence
@@ -75,11 +76,17 @@ def as_float(value) -> float | None:
 
 
 def read_records(path: Path) -> list[dict]:
-    """metrics.jsonl, tolerating a last line cut short by a killed process."""
-    if not path.is_file():
+    """metrics.jsonl, tolerating a last line cut short by a killed process; or, in a run's
+    record (scripts/study_records.py), its compressed copy metrics.jsonl.xz."""
+    packed = path.with_name(path.name + ".xz")
+    if path.is_file():
+        text = path.read_text()
+    elif packed.is_file():
+        text = lzma.decompress(packed.read_bytes()).decode()
+    else:
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
