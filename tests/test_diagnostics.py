@@ -205,3 +205,22 @@ def test_diagnostics_off_writes_none_of_them(tmp_path: Path) -> None:
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert not any(tag.startswith(("grad/", "posterior/", "latent/")) for tag in summary)
     assert summary["status"] == "completed" and "test/elbo" in summary
+
+
+def test_a_run_draws_its_figures_without_pyplot(tmp_path: Path) -> None:
+    """pyplot would pick the machine's GUI backend (Qt, Tk) in every training job; the latent-usage
+    figure reaches TensorBoard as an image all the same."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; import conftest; "
+            "from vae_bench.train import train; "
+            "cfg = conftest.compose_config(conftest.TINY + ['trainer.epochs=1']); "
+            f"train(cfg, Path({str(tmp_path / 'run')!r}), quiet=True); "
+            "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).parent, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "no pyplot"
+    image = event_accumulator(tmp_path / "run").Images("latent/kl_per_dim_sorted")[-1]
+    assert (image.width, image.height) == (400, 200)

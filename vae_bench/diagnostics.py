@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # no pyplot: figures are drawn off-screen, never shown
+from matplotlib.ticker import MaxNLocator
+from omegaconf import DictConfig
+from torch import Tensor
 
-matplotlib.use("Agg")  # diagnostics render figures off-screen, also on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from vae_bench.data import to_float  # noqa: E402
-from vae_bench.likelihoods import mean_image  # noqa: E402
-from vae_bench.models import VAE, Posterior  # noqa: E402
-from vae_bench.tracking import Tracker  # noqa: E402
+from vae_bench.data import to_float
+from vae_bench.likelihoods import mean_image
+from vae_bench.models import VAE, Posterior
+from vae_bench.tracking import Tracker
 
 QUANTILE_LEVELS = torch.linspace(0, 1, 101)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_d]) > 0.01
@@ -232,10 +230,13 @@ def sigma_percentile_scalars(log_sigma_quantiles: list[float]) -> dict[str, floa
 
 def sorted_kl_figure(kl_per_dim: Tensor):
     values = torch.sort(kl_per_dim, descending=True).values.numpy()
-    figure, axis = plt.subplots(figsize=(5, 2.5), dpi=80)
+    figure = Figure(figsize=(5, 2.5), dpi=80)
+    axis = figure.add_subplot()
     # Fixed margins: tight_layout measured every tick label, a third of the figure's cost.
     figure.subplots_adjust(left=0.14, right=0.97, bottom=0.2, top=0.9)
-    axis.bar(range(len(values)), values, color="tab:blue")
+    # One filled step outline, not a bar per dimension: half the drawing time, the same shape.
+    axis.stairs(values, range(len(values) + 1), fill=True, color="tab:blue")
+    axis.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
     axis.axhline(ACTIVE_UNIT_THRESHOLD, color="gray", lw=0.8, ls="--")
     axis.set_xlabel("latent dimension (sorted)")
     axis.set_ylabel("KL (nats)")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
@@ -165,7 +166,14 @@ class Tracker:
         self.writer.add_text(tag, text, step)
 
     def figure(self, tag: str, figure, step: int) -> None:
-        self.writer.add_figure(tag, figure, step, close=True)
+        """A matplotlib Figure drawn off-screen: without pyplot (SummaryWriter.add_figure
+        imports it, and with it whatever GUI backend the machine offers)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        rgba = torch.from_numpy(np.asarray(canvas.buffer_rgba()).copy())
+        self.writer.add_image(tag, rgba[..., :3].permute(2, 0, 1), step)
 
     def custom_scalars(self, layout: dict) -> None:
         self.writer.add_custom_scalars(layout)
