@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Keep a study's finished runs in git, so that a sweep cut short by the end of a session goes
 on from where it stopped on a fresh machine, whose outputs/ folder is empty.
 
