@@ -45,7 +45,7 @@ PARALLEL=(hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" trainer.threads=1 
 SEEDS5=seed=0,1,2,3,4
 SEEDS3=seed=0,1,2
 
-records() {  # records save|restore <study>: the study's finished runs, kept in git
+records() {  # records <study> save|restore: the study's finished runs, kept in git
   local runs="$RUNS/$1" kept="$RECORDS/$1/runs"
   if [ "$2" = save ]; then
     python scripts/study_records.py save "$runs" "$kept"

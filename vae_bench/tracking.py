@@ -172,8 +172,8 @@ class Tracker:
 
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
-        rgba = torch.from_numpy(np.asarray(canvas.buffer_rgba()).copy())
-        self.writer.add_image(tag, rgba[..., :3].permute(2, 0, 1), step)
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+        self.writer.add_image(tag, rgb, step, dataformats="HWC")
 
     def custom_scalars(self, layout: dict) -> None:
         self.writer.add_custom_scalars(layout)
