@@ -399,6 +399,54 @@ def test_running_a_sweep_again_into_its_folder_finishes_it(tmp_path: Path) -> No
     assert json.loads((sweep / "seed=4" / "summary.json").read_text())["status"] == "completed"
 
 
+def test_a_finished_run_of_another_config_is_refused_not_skipped(tmp_path: Path) -> None:
+    """A sweep run again into a folder whose finished runs were trained under another config
+    (a study whose budget changed, or records restored from an older study) must not keep them
+    as if they were this job's: the job is refused with the differing keys, the folder kept."""
+    from vae_bench.cli import EarlierRunKept, earlier_attempt
+    from vae_bench.data import dataset_label
+
+    current = compose_config(TINY)
+    for status in ("completed", "diverged"):
+        run_dir = tmp_path / status
+        run_dir.mkdir()
+        summary = {"status": status, "test/elbo": -90.0}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        same = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+        same.log.quiet = not current.log.quiet  # verbosity is not another config
+        OmegaConf.save(same, run_dir / "config.yaml")
+        assert earlier_attempt(current, run_dir) == ("done", summary)
+
+        other = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+        other.trainer.epochs = current.trainer.epochs + 8
+        other.optim.lr = current.optim.lr * 2
+        OmegaConf.save(other, run_dir / "config.yaml")
+        saved = (run_dir / "config.yaml").read_text()
+        with pytest.raises(EarlierRunKept, match=rf"holds a {status} run of another config "
+                           r"\(it differs in optim\.lr, trainer\.epochs\)"):
+            earlier_attempt(current, run_dir)
+        assert (run_dir / "config.yaml").read_text() == saved
+        assert json.loads((run_dir / "summary.json").read_text()) == summary
+
+        # Records restored on another machine: the same data under another path is the same
+        # run when the summary's data label (checksums, for CIFAR-10) says so; else refused.
+        moved = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+        moved.data.root = str(tmp_path / "elsewhere" / "data")
+        OmegaConf.save(moved, run_dir / "config.yaml")
+        with pytest.raises(EarlierRunKept, match=r"it differs in data\.root\)"):
+            earlier_attempt(current, run_dir)  # no label recorded: nothing says it is the same
+        labelled = {**summary, "data/label": dataset_label("synthetic", moved.data.root)}
+        (run_dir / "summary.json").write_text(json.dumps(labelled))
+        assert earlier_attempt(current, run_dir) == ("done", labelled)
+        (run_dir / "summary.json").write_text(json.dumps({**labelled, "data/label": "MNIST"}))
+        with pytest.raises(EarlierRunKept, match=r"it differs in data\.root\)"):
+            earlier_attempt(current, run_dir)
+
+        (run_dir / "config.yaml").unlink()
+        with pytest.raises(EarlierRunKept, match="config.yaml is missing"):
+            earlier_attempt(current, run_dir)
+
+
 def test_a_run_started_before_a_new_config_key_is_the_same_run(tmp_path: Path) -> None:
     """A sweep cut short continues under a newer vae-bench: keys the schema gained since then
     take their defaults; verbosity does not count; any value that computes differently does."""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import config_dir, register_configs, run_schema, same_run_config
+from vae_bench.config import config_differences, config_dir, register_configs, run_schema
 from vae_bench.errors import USER_ERRORS, record_failure
 from vae_bench.tracking import process_gone
 from vae_bench.validation import validate
@@ -173,6 +173,16 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
     status = summary.get("status")
     has_checkpoint = checkpoints.exists(run_dir)
     if status in ("completed", "diverged"):
+        # Skipped only when it is this job's run: a study whose budget changed must not keep
+        # the old budget's runs silently (they are restored from records too).
+        differing = differences_from_saved(cfg, run_dir)
+        if differing == ["data.root"] and same_data(cfg, summary):
+            differing = []  # the same files elsewhere: records restored on another machine
+        if differing:
+            raise EarlierRunKept(f"{run_dir} holds a {status} run of another config (it differs "
+                                 f"in {listed(differing)}); "
+                                 "sweep into another folder with `hydra.sweep.dir=…`, or delete "
+                                 "that folder to train the job again.")
         return "done", summary
     if status == "failed" and not has_checkpoint and not (run_dir / "metrics.jsonl").exists():
         return None, summary  # refused before training (a bad config): nothing to keep
@@ -183,13 +193,35 @@ def earlier_attempt(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict]:
     if status not in ("interrupted", "running", "killed", "failed"):
         raise EarlierRunKept(f"{run_dir} holds a run with status {status!r}; delete that "
                              "folder to train the job again.")
-    saved_file = run_dir / "config.yaml"
-    saved = OmegaConf.load(saved_file) if saved_file.is_file() else None
-    if saved is None or not same_run_config(saved, cfg):
-        raise EarlierRunKept(f"{run_dir} holds an unfinished run of another config; sweep into "
-                             "another folder with `hydra.sweep.dir=…`, or continue that run "
-                             f"with `vae-bench resume {run_dir}`.")
+    differing = differences_from_saved(cfg, run_dir)
+    if differing:
+        raise EarlierRunKept(f"{run_dir} holds an unfinished run of another config (it differs "
+                             f"in {listed(differing)}); sweep into another folder with "
+                             "`hydra.sweep.dir=…`, or continue that run with "
+                             f"`vae-bench resume {run_dir}`.")
     return ("resume" if has_checkpoint else "start over"), summary
+
+
+def differences_from_saved(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """The keys in which the run saved in run_dir differs from this job's config."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return ["(its config.yaml is missing)"]
+    return config_differences(OmegaConf.load(saved_file), cfg)
+
+
+def same_data(cfg: DictConfig, summary: dict) -> bool:
+    """Whether a finished run read the data set this job would read, by the label its summary
+    recorded (CIFAR-10 copies are told apart by their checksums)."""
+    from vae_bench.config import data_root
+    from vae_bench.data import dataset_label
+
+    recorded = summary.get("data/label")
+    return recorded is not None and recorded == dataset_label(cfg.dataset.name, data_root(cfg))
+
+
+def listed(keys: list[str], most: int = 5) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def train_task(cfg: DictConfig) -> float | None:

@@ -283,6 +283,13 @@ def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
     """Whether a run folder's saved config and this job's describe the same run. Keys added to
     the schema since the run started take their defaults, so that a sweep cut short continues
     under a newer vae-bench whose new keys default to the old behaviour."""
+    return not config_differences(saved, current)
+
+
+def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
+    """The dotted keys whose values differ between a run folder's saved config and this job's,
+    compared as same_run_config describes; ["(a key or value this vae-bench no longer takes)"]
+    where the saved config does not fit today's schema."""
     def comparable(config: DictConfig) -> dict:
         merged = OmegaConf.to_container(OmegaConf.merge(run_schema(config), config),
                                         resolve=True)
@@ -294,9 +301,21 @@ def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
         return merged
 
     try:
-        return comparable(saved) == comparable(current)
+        before, now = comparable(saved), comparable(current)
     except Exception:  # a key the schema no longer has, a value it no longer takes: not the same
-        return False
+        return ["(a key or value this vae-bench no longer takes)"]
+    return differing_keys(before, now)
+
+
+def differing_keys(before: dict, now: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(before) | set(now), key=str):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys += differing_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def config_dir() -> Path:
