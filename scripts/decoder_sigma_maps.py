@@ -5,8 +5,10 @@ Run: `scripts/decoder_sigma_maps.py <decoder_variance sweep folder> --out <folde
 A per-pixel Gaussian σₓ on pixels that are always 0 (MNIST's background) can shrink without
 limit, and log N(0; m, σₓ²) grows like −log σₓ: the likelihood is unbounded (Mattei & Frellsen
 2018), and a "better" test ELBO then measures how far σₓ fell, not a better model. This reads
-the runs of a decoder_variance sweep (config.yaml and the last checkpoint of each), decodes the
-test set at the posterior mean, and writes:
+the runs of a decoder sweep (decoder_variance, decoder_variance_bounded, cifar_decoder: the
+config.yaml and last checkpoint of each), decodes the test set at the posterior mean, keeps each
+run's row in its folder (decoder_sigma.json, which the study's records keep, so that a run
+restored without its checkpoint still has its row), and writes:
 
   decoder_sigma.json  per run: the map's σₓ floor, the largest log-density one pixel can give
                       at that floor, σₓ percentiles over all test pixels, the share of pixel
@@ -32,14 +34,18 @@ import torch
 from omegaconf import OmegaConf
 
 from vae_bench import checkpoints
-from vae_bench.config import data_root
+from vae_bench.config import data_root, run_schema
 from vae_bench.data import load_splits, to_float
 from vae_bench.likelihoods import DISCRETIZED_LIKELIHOODS, needs_sigma_output
 from vae_bench.models import VAE
 from vae_bench.objectives import LOG_2PI
 from vae_bench.parameterizations import get_sigma_map
+from vae_bench.train import synthetic_sizes
 
 AT_FLOOR = 1.01  # σₓ within 1% of the map's lower bound counts as sitting on it
+# Each run's row is also kept in its own folder, which its study record keeps
+# (scripts/study_records.py): the checkpoint it comes from is not kept.
+PER_RUN = "decoder_sigma.json"
 
 
 def sigma_x_of(model: VAE, cfg, images_u8: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -56,14 +62,32 @@ def sigma_x_of(model: VAE, cfg, images_u8: torch.Tensor, batch: int = 1000) -> t
 
 
 def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    """The run's row, from its last checkpoint; where the checkpoint is gone (a run restored
+    from its study record on another machine), the row that this script kept beside the run
+    when the checkpoint was there."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.merge(run_schema(saved), saved)  # keys added since take their defaults
     learned_sigma = needs_sigma_output(cfg.likelihood.name, cfg.likelihood) is not None
-    if not learned_sigma or not checkpoints.exists(run_dir):
+    if not learned_sigma:
         return None
-    key = (cfg.dataset.name, str(data_root(cfg)))
+    if checkpoints.exists(run_dir):
+        row = analyse_checkpoint(run_dir, cfg, splits_cache)
+        (run_dir / PER_RUN).write_text(json.dumps(row) + "\n")
+        return row
+    if (run_dir / PER_RUN).is_file():
+        return json.loads((run_dir / PER_RUN).read_text())
+    return None
+
+
+def analyse_checkpoint(run_dir: Path, cfg, splits_cache: dict) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The run's own images: synthetic data are drawn from the run's sizes and seed.
+    sizes = synthetic_sizes(cfg.dataset)
+    key = (cfg.dataset.name, str(data_root(cfg)), tuple(sorted(sizes.items())),
+           cfg.seed if cfg.dataset.name == "synthetic" else None)
     if key not in splits_cache:
-        splits_cache[key] = load_splits(cfg.dataset.name, data_root(cfg))
+        splits_cache[key] = load_splits(cfg.dataset.name, data_root(cfg), False, **sizes,
+                                        synthetic_seed=cfg.seed)
     splits = splits_cache[key]
     model = VAE(cfg, splits.image_shape)
     payload, _ = checkpoints.load_payload(run_dir)
@@ -94,6 +118,7 @@ def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
         "status": summary.get("status"),
         "likelihood": cfg.likelihood.name,
         "dataset": cfg.dataset.name,
+        "channels": splits.image_shape[0],
         "sigma_map": cfg.likelihood.param,
         "sigma_floor": floor,
         # A probability is at most 1; a density at σₓ = floor peaks at 1/(floor·√(2π)).
@@ -108,8 +133,9 @@ def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
         "recon_log_density": log_density.sum(1).mean().item(),
         "test_elbo": summary.get("test/elbo"),
         "test_bpd": summary.get("test/bpd"),
-        "mean_log10_sigma_x": (log_sigma.mean(0) / math.log(10)).view(splits.image_shape[1:])
-        .tolist(),
+        # Colour images: averaged over the channels too (one panel per run).
+        "mean_log10_sigma_x": (log_sigma.mean(0) / math.log(10)).view(splits.image_shape)
+        .mean(0).tolist(),
     }
 
 
@@ -149,7 +175,8 @@ def table(rows: list[dict]) -> str:
 
 
 def short_name(variant: str) -> str:
-    for prefix in ("variant=decoder_variance_", "variant=decoder_bounded_"):
+    for prefix in ("variant=decoder_variance_", "variant=decoder_bounded_",
+                   "variant=cifar_decoder_"):
         variant = variant.replace(prefix, "")
     return variant
 
@@ -185,7 +212,9 @@ def figure(rows: list[dict], out: Path) -> None:
         shown = axis.imshow(image, vmin=low, vmax=high, cmap="viridis")
         axis.set_title(f"{key[0]}\n{short_name(key[1])}", fontsize=9)
     fig.colorbar(shown, ax=axes, shrink=0.8, label="mean log10 σₓ over the test set")
-    fig.suptitle("Decoder σₓ per pixel (seed 0, z = posterior mean)")
+    colour = any(row.get("channels", 1) > 1 for row in first.values())
+    fig.suptitle("Decoder σₓ per pixel (seed 0, z = posterior mean"
+                 + ("; colour images: mean over channels)" if colour else ")"))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -200,7 +229,8 @@ def main() -> None:
     rows = [row for sweep in args.sweeps for run in sorted(sweep.iterdir())
             if (run / "config.yaml").is_file() and (row := analyse(run, cache)) is not None]
     if not rows:
-        raise SystemExit(f"no run with a learned decoder σₓ and a checkpoint in {args.sweeps}")
+        raise SystemExit(f"no run with a learned decoder σₓ and a checkpoint (or its kept "
+                         f"{PER_RUN}) in {args.sweeps}")
     args.out.mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in row.items() if k != "mean_log10_sigma_x"} for row in rows]
     (args.out / "decoder_sigma.json").write_text(json.dumps(slim, indent=2) + "\n")

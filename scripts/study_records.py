@@ -10,11 +10,12 @@ finish), so by hand these are needed only to record a sweep run some other way.
 
 `save` writes a record of every finished job of a sweep folder: one whose summary.json says
 completed or diverged. A record is the job's folder without what only training needs or what
-is too large for git: config.yaml, .hydra/*.yaml, summary.json and train.log are copied,
-metrics.jsonl is compressed (metrics.jsonl.xz: a 300-epoch run logs megabytes); the
+is too large for git: config.yaml, .hydra/*.yaml, summary.json and train.log are copied, and
+so is decoder_sigma.json where scripts/decoder_sigma_maps.py wrote one (its analysis of the
+checkpoint); metrics.jsonl is compressed (metrics.jsonl.xz: a 300-epoch run logs megabytes); the
 checkpoints are left out; the TensorBoard events are cut down to what `vae-bench report` reads
-from them (the last `posterior/logvar` histogram). A job whose record
-already holds the same summary.json is left as it is, so saving again changes nothing in git.
+from them (the last `posterior/logvar` histogram). A job whose record already holds the same
+summary.json (and analysis) is left as it is, so saving again changes nothing in git.
 
 `restore` copies records back into a sweep folder, for jobs it does not hold yet (a folder that
 is there, finished or not, is never touched). A sweep run into that folder then skips them, as
@@ -34,6 +35,9 @@ from pathlib import Path
 
 FINISHED = ("completed", "diverged")
 COPIED = ("config.yaml", "summary.json", "train.log")
+# Written beside a finished run by an analysis that needs the run's checkpoint, which records
+# leave out: kept, so the analysis still has the run after a restore.
+ANALYSES = ("decoder_sigma.json",)  # scripts/decoder_sigma_maps.py
 METRICS = "metrics.jsonl"  # recorded as metrics.jsonl.xz, restored as it was
 HISTOGRAM_THE_REPORT_READS = "posterior/logvar"
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -85,9 +89,15 @@ def write_slim_events(job: Path, record: Path) -> bool:
     return True
 
 
-def same_summary(job: Path, record: Path) -> bool:
-    saved = record / "summary.json"
-    return saved.is_file() and saved.read_bytes() == (job / "summary.json").read_bytes()
+def same_record(job: Path, record: Path) -> bool:
+    """Whether the record already holds this finished run: the same summary, and every
+    analysis written beside the run since."""
+    def same(name: str) -> bool:
+        saved = record / name
+        return saved.is_file() and saved.read_bytes() == (job / name).read_bytes()
+
+    return same("summary.json") and all(same(name) for name in ANALYSES
+                                        if (job / name).is_file())
 
 
 def save(sweep: Path, records: Path) -> dict[str, int]:
@@ -103,13 +113,13 @@ def save(sweep: Path, records: Path) -> dict[str, int]:
             counts["unfinished"] += 1
             continue
         record = records / job.name
-        if same_summary(job, record):
+        if same_record(job, record):
             counts["unchanged"] += 1
             continue
         # Written beside its final place and renamed: a record is never half there.
         staging = Path(tempfile.mkdtemp(prefix=f".{job.name}.", dir=records))
         staging.chmod(0o755)  # mkdtemp's is private; a record is as readable as its run
-        for name in COPIED:
+        for name in (*COPIED, *ANALYSES):
             if (job / name).is_file():
                 shutil.copy2(job / name, staging / name)
         if (job / METRICS).is_file():
