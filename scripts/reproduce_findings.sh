@@ -9,9 +9,11 @@
 # CIFAR10_ROOT defaults to $VAE_BENCH_DATA/CIFAR10-JPEG, the JPEG re-encoding in this project's
 # shared data: results on it are "CIFAR-10 (JPEG re-encoding)" (the runs' summaries and the
 # reports say which copy they read) and its bits/dim are not comparable with published CIFAR-10
-# figures. With the original files (e.g. fetched by `vae-bench train dataset=cifar10
-# data.download=true data.root=~/data/cifar10` where there is internet) the same commands give
-# numbers that are; use another FINDINGS_RUNS folder for them.
+# figures. With the original files the same commands give numbers that are: where
+# CIFAR10_ROOT holds no CIFAR-10, the script downloads the original there first (where there is
+# internet). Keep those runs and reports apart from the JPEG re-encoding's: give them other
+# FINDINGS_RUNS and FINDINGS_DOCS folders (a run recorded on other data is never taken for
+# one of them: the sweep refuses it and says why).
 #
 # Each sweep writes into a fixed folder under $FINDINGS_RUNS (default outputs/findings), so
 # running the script again after it was cut short finishes only what is missing: completed and
@@ -94,6 +96,28 @@ report_into() {  # report_into <study> <folder under $DOCS> [report options...]
   $VAE_BENCH report "$RUNS/$study" --out "$DOCS/$out" "$@"
 }
 
+cifar10_files() {  # cifar10_files <study>: CIFAR-10 under $CIFAR10_ROOT, the original fetched
+  # once where none is there (the jobs of a sweep would each try); a copy there is read as it is
+  python - "$CIFAR10_ROOT" "$1" <<'PYTHON'
+import sys
+
+from vae_bench.data import DataError, ensure_files
+
+root, study = sys.argv[1:]
+try:
+    ensure_files("cifar10", root, download=True)
+except DataError as error:
+    sys.exit(f"reproduce_findings.sh: {study}: CIFAR10_ROOT={root}: {error} Or leave the "
+             "CIFAR-10 studies out with STUDIES=...")
+PYTHON
+}
+
+sigma_maps() {  # sigma_maps <study>: decoder σₓ per pixel, from each run's last checkpoint
+  [ "${SWEEPS_ONLY:-0}" = 1 ] && return 0
+  python scripts/decoder_sigma_maps.py "$RUNS/$1" --out "$DOCS/$1"
+  records "$1" save  # each run's row, kept beside it, joins its record (checkpoints do not)
+}
+
 for study in $STUDIES; do
   case $study in
     # Headline: every encoder σ-map, 5 seeds, 10 epochs, Adam lr 1e-3, IWAE k=100.
@@ -118,8 +142,7 @@ for study in $STUDIES; do
     decoder_variance)
       sweep "$study" "$SEEDS3" trainer.epochs=5 eval.iwae_k=100
       report "$study" --group-by dataset,model --baseline variant=decoder_variance_pixel_logvar
-      [ "${SWEEPS_ONLY:-0}" = 1 ] || python scripts/decoder_sigma_maps.py "$RUNS/$study" \
-        --out "$DOCS/$study" ;;
+      sigma_maps "$study" ;;
     # Decoder σₓ with a bounded likelihood (a discretized Gaussian: a probability per 8-bit
     # value), MNIST and Fashion-MNIST, 3 seeds, 10 epochs, IWAE k=100.
     decoder_variance_bounded)
@@ -129,21 +152,17 @@ for study in $STUDIES; do
       # compared with each other against soft_clamped_logvar, logvar with its range bounded.
       report_into "$study" "$study/vs_soft_clamped_logvar" --no-figures \
         --baseline variant=decoder_bounded_pixel_soft_clamped_logvar
-      [ "${SWEEPS_ONLY:-0}" = 1 ] || python scripts/decoder_sigma_maps.py "$RUNS/$study" \
-        --out "$DOCS/$study" ;;
+      sigma_maps "$study" ;;
     # Natural images: the conv VAE on CIFAR-10 with a discretized Gaussian, 3 seeds, 10 epochs,
     # IWAE k=100 on the first 2,000 test images (the ELBO uses all 10,000). Encoder σ-maps with
     # a shared learned σₓ; decoder σₓ maps with the encoder on logvar. Learned σₓ start at 0.25.
     cifar_encoder | cifar_decoder)
-      [ -d "$CIFAR10_ROOT/cifar-10-batches-py" ] || {
-        echo "$study: no cifar-10-batches-py in CIFAR10_ROOT=$CIFAR10_ROOT; set CIFAR10_ROOT" \
-          "or leave the CIFAR studies out with STUDIES=..." >&2
-        exit 2
-      }
+      cifar10_files "$study" || exit 2
       sweep "$study" "data.root=$CIFAR10_ROOT" trainer.epochs=10 eval.iwae_k=100 \
         eval.iwae_max_examples=2000
       if [ "$study" = cifar_decoder ]; then
         report "$study" --baseline variant=cifar_decoder_pixel_logvar
+        sigma_maps "$study"
       else
         report "$study"
       fi ;;

@@ -170,3 +170,27 @@ def test_reproduce_findings_restores_before_and_records_after_each_sweep(tmp_pat
     second = reproduce(tmp_path / "second")  # a fresh machine: another, empty runs folder
     assert second.returncode == 0, second.stderr
     assert "fake: already there, skipped" in second.stdout
+
+
+def test_reproduce_findings_refuses_an_incomplete_cifar10_folder_before_any_sweep(
+        tmp_path: Path) -> None:
+    """CIFAR10_ROOT is checked once, before the sweep: the original is fetched where no
+    CIFAR-10 is there; a partial copy is never written over, and stops the script with one
+    line naming the folder (no network is needed to see that)."""
+    partial = tmp_path / "cifar" / "cifar-10-batches-py"
+    partial.mkdir(parents=True)
+    (partial / "data_batch_1").write_bytes(b"not all of CIFAR-10")
+    fake = tmp_path / "fake_vae_bench.py"
+    fake.write_text("import sys; print('fake: vae-bench', *sys.argv[1:])\n")
+    env = {**os.environ, "VAE_BENCH_DATA": str(tmp_path), "STUDIES": "cifar_encoder",
+           "CIFAR10_ROOT": str(tmp_path / "cifar"), "FINDINGS_RUNS": str(tmp_path / "runs"),
+           "FINDINGS_DOCS": str(tmp_path / "docs"), "VAE_BENCH": f"{sys.executable} {fake}"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_findings.sh")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "fake: vae-bench" not in result.stdout  # nothing swept
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1, result.stderr
+    assert f"CIFAR10_ROOT={tmp_path / 'cifar'}" in message[0]
+    assert "incomplete" in message[0] and "STUDIES=" in message[0]
+    assert sorted(p.name for p in partial.iterdir()) == ["data_batch_1"]  # never written over
