@@ -164,11 +164,12 @@ def table(rows: list[dict]) -> str:
     for variant, runs in sorted(by_variant.items()):
         p1 = statistics.fmean(r["sigma_x_p1_p50_p99"][0] for r in runs)
         p50 = statistics.fmean(r["sigma_x_p1_p50_p99"][1] for r in runs)
+        background = runs[0]["background_pixels"] > 0  # natural images have no empty pixel
         lines.append(
             f"| {variant} | {fmt(runs[0]['sigma_floor'], 4)} | "
             f"{fmt(runs[0]['max_log_density_per_pixel'])} | {fmt(p1, 4)} / {fmt(p50, 3)} | "
             f"{fmt(mean(runs, 'share_at_floor'))} | "
-            f"{fmt(mean(runs, 'background_log_density'), 0)} | "
+            f"{fmt(mean(runs, 'background_log_density'), 0) if background else '– (none)'} | "
             f"{fmt(mean(runs, 'recon_log_density'), 0)} | {fmt(mean(runs, 'test_elbo'), 1)} | "
             f"{fmt(mean(runs, 'test_bpd'), 3)} | {len(runs)} |")
     return "\n".join(lines) + "\n"
@@ -200,8 +201,8 @@ def figure(rows: list[dict], out: Path) -> None:
     else:
         columns, rows_count = len(variants), len(datasets)
         places = {(d, v): (datasets.index(d), variants.index(v)) for d, v in first}
-    fig, axes = plt.subplots(rows_count, columns, figsize=(3.0 * columns, 3.2 * rows_count),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows_count, columns, figsize=(3.0 * columns + 1, 3.2 * rows_count),
+                             squeeze=False, layout="constrained")
     images = {key: torch.tensor(row["mean_log10_sigma_x"]) for key, row in first.items()}
     low = min(float(image.min()) for image in images.values())
     high = max(float(image.max()) for image in images.values())
@@ -213,8 +214,8 @@ def figure(rows: list[dict], out: Path) -> None:
         axis.set_title(f"{key[0]}\n{short_name(key[1])}", fontsize=9)
     fig.colorbar(shown, ax=axes, shrink=0.8, label="mean log10 σₓ over the test set")
     colour = any(row.get("channels", 1) > 1 for row in first.values())
-    fig.suptitle("Decoder σₓ per pixel (seed 0, z = posterior mean"
-                 + ("; colour images: mean over channels)" if colour else ")"))
+    fig.suptitle("Decoder σₓ per pixel\n(seed 0, z = posterior mean"
+                 + (";\nmean over colour channels)" if colour else ")"), fontsize=10)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
