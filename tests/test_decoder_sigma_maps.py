@@ -72,6 +72,22 @@ def test_a_run_restored_from_its_record_keeps_its_decoder_sigma_row(tmp_path: Pa
     # The two seeds are two runs on two synthetic draws: their analyses differ.
     assert rows[0]["recon_log_density"] != rows[1]["recon_log_density"]
 
+    # A kept row from the same checkpoint (the same step) is reused, not recomputed; one from
+    # another step is recomputed. Marked rows show which happened.
+    marked, stale = (sweep / row["run"] / "decoder_sigma.json" for row in rows)
+    for path, step_shift in ((marked, 0), (stale, 1)):
+        row = json.loads(path.read_text())
+        path.write_text(json.dumps({**row, "sigma_x_min": -1.0,
+                                    "checkpoint_step": row["checkpoint_step"] + step_shift}))
+    reused = sigma_maps(sweep, out=tmp_path / "reused")
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    minima = [row["sigma_x_min"] for row in
+              json.loads((tmp_path / "reused" / "decoder_sigma.json").read_text())]
+    assert minima == [-1.0, rows[1]["sigma_x_min"]]
+    marked.unlink()  # the true row again, for what follows
+    assert sigma_maps(sweep, out=tmp_path / "first").returncode == 0
+    assert json.loads((tmp_path / "first" / "decoder_sigma.json").read_text()) == rows
+
     records = tmp_path / "docs" / "cifar_like" / "runs"
     study_records.save(sweep, records)
     assert all((records / row["run"] / "decoder_sigma.json").is_file() for row in rows)
