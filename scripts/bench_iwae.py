@@ -55,10 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def iwae_worker(spec_json: str) -> None:
     """Run in a fresh process: load the trained model, time evaluate_iwae, report peak RSS."""
-    from omegaconf import OmegaConf
 
     import vae_bench.cli  # noqa: F401  (registers the schema)
-    from vae_bench.config import data_root, run_schema
+    from vae_bench.config import data_root, load_run_config
     from vae_bench.data import load_splits
     from vae_bench.estimators import evaluate_iwae
     from vae_bench.models import VAE
@@ -68,8 +67,7 @@ def iwae_worker(spec_json: str) -> None:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     run_dir = Path(spec["run_dir"])
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    cfg = OmegaConf.merge(run_schema(saved), saved)
+    cfg = load_run_config(run_dir / "config.yaml")
     device = pick_device(cfg.trainer.device)
     splits = load_splits(cfg.dataset.name, data_root(cfg), False,
                          **synthetic_sizes(cfg.dataset), synthetic_seed=cfg.seed)

@@ -31,10 +31,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from vae_bench import checkpoints
-from vae_bench.config import data_root, run_schema
+from vae_bench.config import data_root, load_run_config
 from vae_bench.data import load_splits, to_float
 from vae_bench.likelihoods import DISCRETIZED_LIKELIHOODS, needs_sigma_output
 from vae_bench.models import VAE
@@ -66,8 +65,7 @@ def analyse(run_dir: Path, splits_cache: dict) -> dict | None:
     where it came from the same checkpoint (the same training step: decoding a CIFAR-10 test
     set takes about half a minute a run), or where the checkpoint is gone (a run restored from
     its study record on another machine)."""
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    cfg = OmegaConf.merge(run_schema(saved), saved)  # keys added since take their defaults
+    cfg = load_run_config(run_dir / "config.yaml")
     learned_sigma = needs_sigma_output(cfg.likelihood.name, cfg.likelihood) is not None
     if not learned_sigma:
         return None

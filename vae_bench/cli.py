@@ -25,7 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_bench import checkpoints, jobs
 from vae_bench.checkpoints import CheckpointError
-from vae_bench.config import config_differences, config_dir, register_configs, run_schema
+from vae_bench.config import (
+    config_differences,
+    config_dir,
+    data_root,
+    load_run_config,
+    register_configs,
+)
 from vae_bench.errors import USER_ERRORS, record_failure
 from vae_bench.tracking import process_gone
 from vae_bench.validation import validate
@@ -213,7 +219,6 @@ def differences_from_saved(cfg: DictConfig, run_dir: Path) -> list[str]:
 def same_data(cfg: DictConfig, summary: dict) -> bool:
     """Whether a finished run read the data set this job would read, by the label its summary
     recorded (CIFAR-10 copies are told apart by their checksums)."""
-    from vae_bench.config import data_root
     from vae_bench.data import dataset_label
 
     recorded = summary.get("data/label")
@@ -374,8 +379,7 @@ def resume(argv: list[str]) -> None:
             if status in ("completed", "diverged"):
                 print(f"vae-bench: {run_dir} has status {status!r}; nothing to resume.")
                 return
-        saved = OmegaConf.load(config_file)
-        cfg = OmegaConf.merge(run_schema(saved), saved)
+        cfg = load_run_config(config_file)
         validate(cfg)
         check_writable(run_dir)
         # train's own format (Hydra's job log), on stdout as train's console lines are.

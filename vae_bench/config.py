@@ -279,6 +279,13 @@ def run_schema(config: DictConfig | dict) -> DictConfig:
 _VERBOSITY_KEYS = ("log.quiet", "data.download")
 
 
+def load_run_config(config_file: Path) -> DictConfig:
+    """A run folder's saved config.yaml, as a config of today's schema: keys added since the run
+    was saved take their defaults (same_run_config takes them to have these)."""
+    saved = OmegaConf.load(config_file)
+    return OmegaConf.merge(run_schema(saved), saved)
+
+
 def same_run_config(saved: DictConfig, current: DictConfig) -> bool:
     """Whether a run folder's saved config and this job's describe the same run. Keys added to
     the schema since the run started take their defaults, so that a sweep cut short continues

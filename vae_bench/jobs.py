@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vae_bench import zygote
 from vae_bench.errors import USER_ERRORS, record_failure
@@ -246,10 +246,9 @@ def child_main(argv: list[str]) -> None:
     # The parent saved the resolved config (or checked that an earlier attempt's is this one).
     # An attempt started under an older vae-bench saved fewer keys: the schema gives the rest
     # their defaults, which same_run_config took them to have.
-    from vae_bench.config import run_schema
+    from vae_bench.config import load_run_config
 
-    saved = OmegaConf.load(args.run_dir / "config.yaml")
-    cfg = OmegaConf.merge(run_schema(saved), saved)
+    cfg = load_run_config(args.run_dir / "config.yaml")
     try:
         train(cfg, args.run_dir, resume=args.attempt == "resume", quiet=args.quiet,
               start_over=args.attempt == "start over")
