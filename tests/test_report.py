@@ -688,6 +688,44 @@ def test_runs_differing_only_in_the_final_iwae_k_pair_as_one_variant(tmp_path: P
     comparison = section((sweep / "report.md").read_text(), "### Against the baseline")
     assert table_rows(comparison, "param=logstd")[0][3:5] == ["paired t", "3 pairs"]
 
+
+def test_the_final_iwae_estimate_is_shown_and_compared_where_runs_logged_it(tmp_path: Path,
+                                                                          capsys) -> None:
+    """test/nll_iwae_final (eval.iwae_k_final) joins the tables, the comparisons and their Holm
+    family of a group whose runs logged it, with the k of each seed in its column's name."""
+    sweep = tmp_path / "horizon"
+    finals = {"logvar": [90.0, 91.0, 89.5], "logstd": [90.5, 91.6, 90.2]}
+    for param, values in finals.items():
+        for seed, final in enumerate(values):
+            k_final = 5000 if seed == 0 else 1000
+            make_run(sweep, [f"param={param}", f"seed={seed}", f"eval.iwae_k_final={k_final}"],
+                     curve=[-110.0, -100.0 - seed],
+                     extra={"test/nll_iwae_final": final, "eval/iwae_k_final": k_final})
+    run_report(capsys, sweep, "--no-figures")
+    md = (sweep / "report.md").read_text()
+    assert "test/nll_iwae_final (k=5000: seed 0; k=1000: seeds 1, 2)" in md
+    (main_row,) = [row for row in table_rows(md, "param=logstd") if "completed" in row[1]]
+    assert main_row[7].startswith("90.77 ± ")  # mean of logstd's three finals
+    comparison = section(md, "### Against the baseline")
+    assert "1 variant(s) × 5 metrics" in comparison
+    final = comparisons_by(json.loads((sweep / "report.json").read_text()),
+                           "dataset=")[("param=logstd", "test/nll_iwae_final")]
+    assert final["method"] == "paired t" and final["n"] == {"variant": 3, "baseline": 3}
+    assert final["difference"] == pytest.approx(np.mean([0.5, 0.6, 0.7]))
+    (group,) = json.loads((sweep / "report.json").read_text())["groups"]
+    assert group["variants"][0]["metrics"]["test/nll_iwae_final"]["n"] == 3
+
+
+def test_a_report_without_final_estimates_keeps_its_four_metrics(two_sweeps, capsys) -> None:
+    a, b = two_sweeps
+    run_report(capsys, a, b, "--no-figures")
+    md = (a / "report.md").read_text()
+    assert "nll_iwae_final" not in md and "× 4 metrics" in md
+    for group in json.loads((a / "report.json").read_text())["groups"]:
+        for variant in group["variants"]:
+            assert set(variant["metrics"]) == {"test/elbo", "test/nll_iwae", "test/kl",
+                                               "latent/active_units"}
+
 def set_config(run: Path, **values) -> None:
     """Add dotted keys to a run's config.yaml, e.g. `set_config(run, **{"data.root": "/d"})`."""
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -123,3 +123,26 @@ def iwae_metric_label(runs: Sequence[Run], metric: str = "test/nll_iwae") -> str
     if len(ks) == 1:
         return f"{metric} (k={ks[0]})"
     return f"{metric} (k varies: {', '.join(map(str, ks))})"
+
+
+def iwae_final_label(runs: Sequence[Run]) -> str:
+    """`test/nll_iwae_final (k=5000: seed 0; k=1000: seeds 1, 2)`: a study may give some seeds a
+    larger final k than others; a pair of runs of one seed still shares its k."""
+    seeds_by_k: dict[int, set] = {}
+    for run in runs:
+        k = run.summary.get("eval/iwae_k_final", run.config.get("eval.iwae_k_final"))
+        if "test/nll_iwae_final" in run.summary and isinstance(k, int) and not isinstance(k, bool):
+            seeds_by_k.setdefault(k, set()).add(run.seed)
+    if not seeds_by_k:
+        return "test/nll_iwae_final (k not recorded)"
+    if len(seeds_by_k) == 1:
+        return f"test/nll_iwae_final (k={next(iter(seeds_by_k))})"
+
+    def seeds_text(seeds: set) -> str:
+        listed = ", ".join(str(s) for s in sorted(seeds, key=str))
+        return f"seed{'s' if len(seeds) > 1 else ''} {listed}"
+
+    parts = [f"k={k}: {seeds_text(seeds)}"
+             for k, seeds in sorted(seeds_by_k.items(), reverse=True)]
+    return f"test/nll_iwae_final ({'; '.join(parts)})"
+

@@ -11,7 +11,7 @@ from vae_bench.report.frontier import FRONTIER_COLUMNS
 from vae_bench.report.group import GroupReport
 from vae_bench.report.runs import STATUS_ORDER, Run, config_choice, split_override
 from vae_bench.report.stats import ALPHA, CONFIDENCE, Stat
-from vae_bench.report.variants import METRICS, Comparison, Variant
+from vae_bench.report.variants import Comparison, Variant, shown_metrics
 
 CSV_CONFIG_KEYS = ("dataset", "model", "likelihood", "likelihood.param", "param", "optim",
                    "optim.lr", "model.sigma_head_scale", "model.sigma_head_init_scale",
@@ -73,12 +73,12 @@ def stat_json(stat: Stat) -> dict:
             "ci_high": stat.ci[1] if stat.ci else None}
 
 
-def variant_json(variant: Variant) -> dict:
+def variant_json(variant: Variant, metrics: Sequence[str]) -> dict:
     diverged, finished = variant.divergence
     return {"variant": variant.label, "overrides": list(variant.key),
             "statuses": status_counts(variant.runs), "diverged": diverged, "finished": finished,
             "seeds": [run.seed for run in variant.runs],
-            "metrics": {m: stat_json(variant.stats[m]) for m in METRICS}}
+            "metrics": {m: stat_json(variant.stats[m]) for m in metrics}}
 
 
 def comparison_json(comparison: Comparison) -> dict:
@@ -96,7 +96,8 @@ def comparison_json(comparison: Comparison) -> dict:
 def group_json(report: GroupReport) -> dict:
     return {"group": report.name, "target_elbo": report.target,
             "target_source": report.target_source, "statuses": status_counts(report.runs),
-            "variants": [variant_json(v) for v in report.variants],
+            "variants": [variant_json(v, shown_metrics(report.variants))
+                         for v in report.variants],
             "family": {"comparisons": len(report.comparisons),
                        "tested": sum(c.result.tested for c in report.comparisons),
                        "adjustment": "holm", "alpha": ALPHA},

@@ -22,7 +22,7 @@ from vae_bench.report.plotting import (
 )
 from vae_bench.report.runs import Run, as_float, epoch_curve, step_curve
 from vae_bench.report.trends import baseline_trend_figure
-from vae_bench.report.variants import METRICS
+from vae_bench.report.variants import shown_metrics
 
 
 def elbo_figure(report: GroupReport, out: Path) -> Path:
@@ -217,11 +217,12 @@ def sigma_figure(report: GroupReport, out: Path) -> Path:
 
 def final_metrics_figure(report: GroupReport, out: Path) -> Path:
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.5),
+    metrics = shown_metrics(report.variants)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.5),
                                 layout="constrained")
     labels = [v.label for v in report.variants]
     palette = colors(len(report.variants))
-    for axis, metric in zip(axes, METRICS):
+    for axis, metric in zip(axes, metrics):
         for x, (variant, color) in enumerate(zip(report.variants, palette)):
             stat = variant.stats[metric]
             if not stat.n:

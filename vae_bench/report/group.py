@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_bench.report.budget import iwae_metric_label
+from vae_bench.report.budget import iwae_final_label, iwae_metric_label
 from vae_bench.report.frontier import FrontierRow, frontier_rows
 from vae_bench.report.runs import Run
 from vae_bench.report.tables import (
@@ -87,7 +87,8 @@ def group_markdown(report: GroupReport, spec: tuple[str, str | None],
 
 
 def metric_labels(report: GroupReport) -> dict[str, str]:
-    return {"test/nll_iwae": iwae_metric_label(report.runs)}
+    return {"test/nll_iwae": iwae_metric_label(report.runs),
+            "test/nll_iwae_final": iwae_final_label(report.runs)}
 
 
 def group_text(report: GroupReport) -> list[str]:

@@ -15,11 +15,11 @@ from vae_bench.report.runs import KILLED, NO_SUMMARY, Run, as_float, split_overr
 from vae_bench.report.stats import ALPHA, CONFIDENCE, Stat, fisher_exact_p, holm
 from vae_bench.report.variants import (
     METRIC_DECIMALS,
-    METRICS,
     Comparison,
     Variant,
     display_item,
     mean_epochs_to_target,
+    shown_metrics,
 )
 from vae_bench.tracking import stale_since
 
@@ -90,7 +90,8 @@ def slug(parts: Iterable[str]) -> str:
 def main_table(variants: list[Variant], target: float | None, with_ci: bool,
                metric_labels: dict[str, str] | None = None):
     """`metric_labels` renames metric columns, e.g. `test/nll_iwae (k=1000)`."""
-    labels = [(metric_labels or {}).get(metric, metric) for metric in METRICS]
+    metrics = shown_metrics(variants)
+    labels = [(metric_labels or {}).get(metric, metric) for metric in metrics]
     target_column = "epochs to target" if target is None else f"epochs to ELBO ≥ {fmt(target)}"
     header = ["variant", "runs", "diverged", *labels, target_column]
     rows = []
@@ -98,7 +99,7 @@ def main_table(variants: list[Variant], target: float | None, with_ci: bool,
         status = f"{variant.count('completed')}/{len(variant.runs)} completed"
         diverged, finished = variant.divergence
         rate = f"{diverged}/{finished}" if finished else "—"
-        cells = [fmt_stat(variant.stats[m], METRIC_DECIMALS[m], with_ci) for m in METRICS]
+        cells = [fmt_stat(variant.stats[m], METRIC_DECIMALS[m], with_ci) for m in metrics]
         rows.append([variant.label, status, rate, *cells, epochs_cell(variant, target)])
     return header, rows
 
@@ -148,6 +149,7 @@ def metric_comparisons(comparisons: list[Comparison]) -> list[str]:
     tested = sum(c.result.tested for c in comparisons)
     paired = any(c.result.paired for c in comparisons)
     compared = len({c.variant.key for c in comparisons})
+    metrics = len({c.metric for c in comparisons})
     lines = [f"Difference of means (variant − baseline) over completed seeds, with a Student-t "
              f"{CONFIDENCE:.0%} CI and a two-sided p-value. *paired t*: both sides have the same "
              "seeds, and the test is on the per-seed differences; *Welch t*: the seeds differ, "
@@ -156,7 +158,7 @@ def metric_comparisons(comparisons: list[Comparison]) -> list[str]:
              "variant is compared with the baseline variant closest to it in config (same "
              "learning rate, same optimizer, ...).", "",
              f"Multiple comparisons: the family is this table, {compared} variant(s) × "
-             f"{len(METRICS)} metrics, of which {tested} could be tested. *p (Holm)* is the "
+             f"{metrics} metrics, of which {tested} could be tested. *p (Holm)* is the "
              f"Holm–Bonferroni adjusted p-value over those {tested}; *beyond seed noise* is yes "
              f"only when p (Holm) < {ALPHA}.", ""]
     if paired:

@@ -21,9 +21,14 @@ from vae_bench.report.runs import (
 from vae_bench.report.stats import Stat, TestResult, adjust_family, paired_t, welch_t
 
 METRICS = ("test/elbo", "test/nll_iwae", "test/kl", "latent/active_units")
-METRIC_DECIMALS = {"test/elbo": 2, "test/nll_iwae": 2, "test/kl": 2, "latent/active_units": 1}
+# Logged by some studies only: a second IWAE estimate after training, with a larger k
+# (eval.iwae_k_final). A report shows and compares it where some run has it; every other report
+# keeps the four metrics above, and the same Holm family.
+OPTIONAL_METRICS = ("test/nll_iwae_final",)
+METRIC_DECIMALS = {"test/elbo": 2, "test/nll_iwae": 2, "test/kl": 2, "latent/active_units": 1,
+                   "test/nll_iwae_final": 2}
 # +1: higher is better, -1: lower is better; the KL and the active units are neither by themselves.
-METRIC_DIRECTION = {"test/elbo": 1, "test/nll_iwae": -1}
+METRIC_DIRECTION = {"test/elbo": 1, "test/nll_iwae": -1, "test/nll_iwae_final": -1}
 DEFAULT_BASELINE = "param=logvar"
 
 
@@ -82,8 +87,16 @@ def group_variants(runs: list[Run]) -> list[Variant]:
                 for key, members in sorted(by_key.items())]
     for variant, label in zip(variants, labels_for([v.key for v in variants])):
         variant.label = label
-        variant.stats = {m: Stat([v for _, v in seed_values(variant.runs, m)]) for m in METRICS}
+        variant.stats = {m: Stat([v for _, v in seed_values(variant.runs, m)])
+                         for m in METRICS + OPTIONAL_METRICS}
     return variants
+
+
+def shown_metrics(variants: Sequence[Variant]) -> tuple[str, ...]:
+    """The metrics a group's tables, figures and comparisons cover: the four of every report,
+    and each optional one some completed run of the group logged."""
+    return METRICS + tuple(m for m in OPTIONAL_METRICS
+                           if any(v.stats[m].n for v in variants))
 
 
 def epochs_to_target(run: Run, target: float) -> int | None:
@@ -212,6 +225,7 @@ def compare(variant_runs: list[Run], baseline_runs: list[Run], metric: str) -> T
 def compare_group(variants: list[Variant], spec: tuple[str, str | None]) -> list[Comparison]:
     """Every variant against its baseline on every metric: one family for Holm's adjustment."""
     baselines = pick_baselines(variants, spec)
+    metrics = shown_metrics(variants)
     comparisons = []
     for variant in variants:
         if variant.key not in baselines:
@@ -219,7 +233,7 @@ def compare_group(variants: list[Variant], spec: tuple[str, str | None]) -> list
         baseline, ties = baselines[variant.key]
         comparisons += [Comparison(variant, baseline, ties, metric,
                                    compare(variant.runs, baseline.runs, metric))
-                        for metric in METRICS]
+                        for metric in metrics]
     adjust_family([c.result for c in comparisons])
     return comparisons
 
