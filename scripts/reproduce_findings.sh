@@ -25,7 +25,9 @@
 # figures) go to docs/findings/<study>/. On a 2-core CPU the studies before long_horizon take
 # about 2 hours with the default 2 jobs of 1 thread each, and long_horizon alone about 6 hours
 # on idle cores (its preset's header has the budget); JOBS=N runs N jobs at a time (give each a
-# core), STUDIES="…" picks studies.
+# core), STUDIES="…" picks studies. SWEEPS_ONLY=1 sweeps and leaves the reports for later;
+# REPORTS_ONLY=1 trains nothing: it restores the recorded runs and redraws the reports from them
+# (after a change to `vae-bench report`, say), in minutes.
 #
 # Every budget is here and nowhere else: seeds, epochs, IWAE k.
 set -euo pipefail
@@ -38,6 +40,10 @@ DOCS=${FINDINGS_DOCS:-docs/findings}
 RECORDS=${FINDINGS_RECORDS:-$DOCS}  # <study>/runs: each finished run's record (study_records.py)
 RECORD_EVERY=${RECORD_EVERY:-300}   # seconds between records of runs finished mid-sweep
 JOBS=${JOBS:-2}
+if [ "${SWEEPS_ONLY:-0}" = 1 ] && [ "${REPORTS_ONLY:-0}" = 1 ]; then
+  echo "reproduce_findings.sh: SWEEPS_ONLY=1 and REPORTS_ONLY=1 leave nothing to do; set one" >&2
+  exit 2
+fi
 VAE_BENCH=${VAE_BENCH:-vae-bench}   # e.g. VAE_BENCH="python -m vae_bench"
 STUDIES=${STUDIES:-"param_sweep_mnist lr_stability param_sweep_fashion_mnist logstd_equivalence same_init_sigma decoder_variance decoder_variance_bounded cifar_encoder cifar_decoder long_horizon"}
 CIFAR10_ROOT=${CIFAR10_ROOT:-$VAE_BENCH_DATA/CIFAR10-JPEG}
@@ -71,6 +77,7 @@ sweep() {  # sweep <study> <overrides...>: one study into its fixed folder
   local study=$1 status=0 saver
   shift
   records "$study" restore
+  [ "${REPORTS_ONLY:-0}" = 1 ] && return 0
   # Finished runs are recorded as they land, not only at the end: a session that ends
   # mid-sweep keeps them (commit $RECORDS/<study>/runs).
   record_while_sweeping "$study" &
@@ -98,6 +105,7 @@ report_into() {  # report_into <study> <folder under $DOCS> [report options...]
 
 cifar10_files() {  # cifar10_files <study>: CIFAR-10 under $CIFAR10_ROOT, the original fetched
   # once where none is there (the jobs of a sweep would each try); a copy there is read as it is
+  [ "${REPORTS_ONLY:-0}" = 1 ] && return 0  # no training: the records say which copy was read
   python - "$CIFAR10_ROOT" "$1" <<'PYTHON'
 import sys
 

@@ -667,6 +667,50 @@ def test_paired_difference_to_the_baseline_per_epoch(growing_gap: Path, capsys) 
     assert f"![Paired difference to the baseline per epoch]({png.name})" in md
 
 
+def test_the_differences_over_training_are_tabled_and_in_report_json(growing_gap: Path,
+                                                                     capsys) -> None:
+    """The trend figure's numbers: a table at the IWAE epochs (1 and 4 here), with the active
+    units, and every epoch in report.json."""
+    for seed in range(3):  # active units per epoch: logstd keeps one latent fewer from epoch 3
+        for param, fewer in (("logvar", 0), ("logstd", 1)):
+            with open(growing_gap / f"param={param},seed={seed}" / "metrics.jsonl", "a") as f:
+                for epoch in range(1, 5):
+                    f.write(json.dumps({"step": 10 * epoch, "epoch": epoch,
+                                        "latent/active_units":
+                                            20.0 - (fewer if epoch >= 3 else 0)}) + "\n")
+    run_report(capsys, growing_gap, "--no-figures")
+    table = section((growing_gap / "report.md").read_text(),
+                    "### Difference to the baseline over training")
+    rows = {row[2]: row for row in table_rows(table, "param=logstd")}
+    assert table_rows(table, "variant")[0][4:] == ["epoch 1", "epoch 4"]
+    assert rows["test/elbo"][1:4] == ["param=logvar", "test/elbo", "3 seed pairs"]
+    assert rows["test/elbo"][4].startswith("-0.60 [") and rows["test/elbo"][5].startswith("-2.40 [")
+    assert rows["test/nll_iwae"][4] == "+0.20"  # every pair +0.2: no spread, no CI
+    assert rows["latent/active_units"][4:] == ["+0.0", "-1.0"]
+    softplus = {row[2]: row for row in table_rows(table, "param=softplus_std")}
+    assert softplus["test/elbo"][3:] == ["1 seed pair", "+1.00", "—"]  # epoch 4 not logged
+    (group,) = json.loads((growing_gap / "report.json").read_text())["groups"]
+    trend = next(t for t in group["trends"]
+                 if t["variant"] == "param=logstd" and t["tag"] == "test/elbo")
+    assert trend["epochs"] == [1, 2, 3, 4] and trend["n"] == [3, 3, 3, 3]
+    assert trend["difference"] == pytest.approx([-0.6, -1.2, -1.8, -2.4])
+    assert all(low < d < high for low, d, high in
+               zip(trend["ci_low"], trend["difference"], trend["ci_high"]))
+
+
+def test_without_iwae_checkpoints_the_table_takes_log_spaced_epochs() -> None:
+    from vae_bench.report.trends import Trend, table_epochs
+
+    def logged(epochs: list[int]) -> Trend:
+        return Trend(None, None, "test/elbo", epochs, [0.0] * len(epochs),
+                     [None] * len(epochs), [1] * len(epochs))
+
+    assert table_epochs({"test/elbo": [logged(list(range(1, 11)))]}) == [1, 2, 3, 6, 10]
+    assert table_epochs({"test/elbo": [logged([1, 2, 3])]}) == [1, 2, 3]
+    assert table_epochs({"test/elbo": [logged(list(range(1, 301)))],
+                         "test/nll_iwae": [logged([300])]}) == [1, 4, 17, 72, 300]
+
+
 def test_no_trend_figure_without_a_baseline(growing_gap: Path, capsys) -> None:
     run_report(capsys, growing_gap, "--baseline", "param=natural")
     assert not list(growing_gap.glob("baseline_trend_*.png"))

@@ -172,6 +172,34 @@ def test_reproduce_findings_restores_before_and_records_after_each_sweep(tmp_pat
     assert "fake: already there, skipped" in second.stdout
 
 
+def test_reports_only_trains_nothing_and_reports_from_the_records(tmp_path: Path) -> None:
+    """REPORTS_ONLY=1 redraws the reports from the committed records on a fresh machine: the
+    records are restored, no sweep starts, and no CIFAR-10 copy is needed."""
+    record = tmp_path / "docs" / "same_init_sigma" / "runs" / "param=logvar,seed=0"
+    record.mkdir(parents=True)
+    (record / "config.yaml").write_text("seed: 0\n")
+    (record / "summary.json").write_text(json.dumps({"status": "completed"}))
+    fake = tmp_path / "fake_vae_bench.py"
+    fake.write_text("import sys; print('fake: vae-bench', *sys.argv[1:])\n")
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    env = {**os.environ, "VAE_BENCH_DATA": str(tmp_path), "REPORTS_ONLY": "1",
+           "STUDIES": "same_init_sigma cifar_encoder", "CIFAR10_ROOT": str(tmp_path / "none"),
+           "FINDINGS_RUNS": str(runs), "FINDINGS_DOCS": str(docs),
+           "VAE_BENCH": f"{sys.executable} {fake}"}
+    script = ["bash", str(ROOT / "scripts" / "reproduce_findings.sh")]
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fake: vae-bench train" not in result.stdout
+    for study in ("same_init_sigma", "cifar_encoder"):
+        assert f"fake: vae-bench report {runs / study} --out {docs / study}" in result.stdout
+    restored = runs / "same_init_sigma" / "param=logvar,seed=0" / "summary.json"
+    assert json.loads(restored.read_text())["status"] == "completed"
+    both = subprocess.run(script, env={**env, "SWEEPS_ONLY": "1"}, capture_output=True,
+                          text=True, timeout=120)
+    assert both.returncode == 2 and "fake:" not in both.stdout
+    assert len(both.stderr.strip().splitlines()) == 1 and "REPORTS_ONLY=1" in both.stderr
+
+
 def test_reproduce_findings_refuses_an_incomplete_cifar10_folder_before_any_sweep(
         tmp_path: Path) -> None:
     """CIFAR10_ROOT is checked once, before the sweep: the original is fetched where no

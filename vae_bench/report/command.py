@@ -14,6 +14,7 @@ from vae_bench.report.figures import draw_figures
 from vae_bench.report.group import GroupReport, build_group
 from vae_bench.report.runs import ReportError, Run, counted, load_runs
 from vae_bench.report.tables import duplicate_lines
+from vae_bench.report.trends import trend_table_lines
 from vae_bench.report.variants import DEFAULT_BASELINE, parse_baseline
 from vae_bench.tracking import atomic_write_text
 
@@ -86,6 +87,7 @@ def write_files(folders: Sequence[Path], out: Path, options, runs: list[Run],
     md += duplicate_lines([run for run in runs if run.duplicate_of is not None])
     for report in reports:
         md += report.lines_md
+        md += trend_table_lines(report)
         md += figure_lines(report, out) if report.figures else []
     labels = {id(run): variant.label for report in reports for variant in report.variants
               for run in variant.runs}

@@ -11,6 +11,7 @@ from vae_bench.report.frontier import FRONTIER_COLUMNS
 from vae_bench.report.group import GroupReport
 from vae_bench.report.runs import STATUS_ORDER, Run, config_choice, split_override
 from vae_bench.report.stats import ALPHA, CONFIDENCE, Stat
+from vae_bench.report.trends import TABLE_TAGS, group_trends, trend_json
 from vae_bench.report.variants import Comparison, Variant, shown_metrics
 
 CSV_CONFIG_KEYS = ("dataset", "model", "likelihood", "likelihood.param", "param", "optim",
@@ -102,6 +103,9 @@ def group_json(report: GroupReport) -> dict:
                        "tested": sum(c.result.tested for c in report.comparisons),
                        "adjustment": "holm", "alpha": ALPHA},
             "comparisons": [comparison_json(c) for c in report.comparisons],
+            # variant − baseline per epoch, paired by seed (the trend figure's numbers)
+            "trends": [trend_json(t) for trends in group_trends(report, TABLE_TAGS).values()
+                       for t in trends],
             "frontier": [row.as_dict() for row in report.frontier],
             "unfinished": [{"run": run.name, "status": run.status}
                            for run in report.runs if run.status != "completed"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,17 @@ from vae_bench.report.plotting import (
     save_figure,
 )
 from vae_bench.report.runs import Run, epoch_curve
-from vae_bench.report.stats import paired_t
-from vae_bench.report.variants import Variant
+from vae_bench.report.stats import CONFIDENCE, paired_t
+from vae_bench.report.tables import fmt, md_table
+from vae_bench.report.variants import METRIC_DECIMALS, Variant
 
 # (tag, axis label): the label says which sign is better
 TREND_TAGS = (("test/elbo", "Δ test ELBO (nats; > 0: variant better)"),
               ("test/nll_iwae", "Δ IWAE NLL (nats; < 0: variant better)"))
+# The table and report.json add the active units: whether a map keeps latents its baseline loses
+# (or the reverse) shows over training, not only at the end.
+TABLE_TAGS = (*(tag for tag, _ in TREND_TAGS), "latent/active_units")
+TABLE_EPOCHS_MAX = 5  # without IWAE checkpoints, the table's epochs are this many, log-spaced
 PANELS_MAX = 9  # up to this many variants get a row of panels each; more share one panel per tag
 LEGEND_MAX = 40  # variants sharing a panel get a legend up to this many
 
@@ -84,15 +90,74 @@ def baseline_pairs(report: GroupReport) -> list[tuple[Variant, Variant]]:
     return pairs
 
 
-def group_trends(report: GroupReport) -> dict[str, list[Trend]]:
+def group_trends(report: GroupReport, tags: Sequence[str] = tuple(dict(TREND_TAGS))
+                 ) -> dict[str, list[Trend]]:
     """tag -> the trends of every variant that has a baseline and shares a logged epoch with
     it; only tags with at least one trend."""
     trends = {}
-    for tag, _ in TREND_TAGS:
+    for tag in tags:
         found = [t for t in (trend(v, b, tag) for v, b in baseline_pairs(report)) if t]
         if found:
             trends[tag] = found
     return trends
+
+
+# ---- the numbers: report.json and a table at a few epochs --------------------------------------
+
+
+def trend_json(item: Trend) -> dict:
+    return {"variant": item.variant.label, "baseline": item.baseline.label, "tag": item.tag,
+            "epochs": item.epochs, "difference": item.mean, "n": item.n,
+            "ci_low": [ci[0] if ci else None for ci in item.ci],
+            "ci_high": [ci[1] if ci else None for ci in item.ci]}
+
+
+def table_epochs(trends: dict[str, list[Trend]]) -> list[int]:
+    """The epochs with an IWAE estimate where there are several (a study's checkpoints, e.g.
+    10, 30, 100, 300); otherwise up to TABLE_EPOCHS_MAX logged epochs, log-spaced, the first and
+    the last included."""
+    iwae = sorted({e for t in trends.get("test/nll_iwae", []) for e in t.epochs})
+    if len(iwae) > 1:
+        return iwae
+    logged = sorted({e for t in trends.get("test/elbo", []) for e in t.epochs})
+    if len(logged) <= TABLE_EPOCHS_MAX:
+        return logged
+    wanted = np.geomspace(logged[0], logged[-1], TABLE_EPOCHS_MAX)
+    return sorted({min(logged, key=lambda e, w=w: abs(math.log(e / w))) for w in wanted})
+
+
+def trend_cell(item: Trend, epoch: int) -> str:
+    if epoch not in item.epochs:
+        return "—"
+    at = item.epochs.index(epoch)
+    decimals = METRIC_DECIMALS.get(item.tag, 2)
+    ci = item.ci[at]
+    interval = f" [{fmt(ci[0], decimals)}, {fmt(ci[1], decimals)}]" if ci else ""
+    return f"{item.mean[at]:+.{decimals}f}{interval}"
+
+
+def trend_table_lines(report: GroupReport) -> list[str]:
+    """Markdown: each variant − its baseline at a few epochs, per tag, with Student-t CIs over
+    the seed pairs. Descriptive: the tested comparisons are the final ones above."""
+    trends = group_trends(report, TABLE_TAGS)
+    if "test/elbo" not in trends:
+        return []
+    epochs = table_epochs(trends)
+    header = ["variant", "baseline", "tag", "seed pairs", *(f"epoch {e}" for e in epochs)]
+    rows = []
+    for tag in TABLE_TAGS:
+        for item in trends.get(tag, []):
+            rows.append([item.variant.label, item.baseline.label, tag, pairs_text(item),
+                         *(trend_cell(item, epoch) for epoch in epochs)])
+    return ["### Difference to the baseline over training", "",
+            f"variant − baseline at epoch …, mean over the seeds paired by seed [Student-t "
+            f"{CONFIDENCE:.0%} CI, not adjusted for multiplicity: these describe how a gap "
+            "develops; the tested comparisons are the final ones above]. "
+            "Every run that logged the epoch counts, finished or not. For test/elbo and "
+            "latent/active_units > 0 means the variant is higher; for test/nll_iwae < 0 "
+            "means the variant is better. —: not logged by both at that epoch.", "",
+            *md_table(header, rows),
+            ""]
 
 
 # ---- the figure ---------------------------------------------------------------------------------
