@@ -95,10 +95,17 @@ report() {  # report <study> [report options...]; SWEEPS_ONLY=1 leaves reports f
   report_into "$1" "$1" "${@:2}"
 }
 
+unreported() {  # unreported <study>: true (and says so) when REPORTS_ONLY finds no runs of it
+  [ "${REPORTS_ONLY:-0}" = 1 ] && [ ! -d "$RUNS/$1" ] || return 1
+  echo "== $1: no runs in $RUNS/$1 and no records in $RECORDS/$1/runs to restore; its report" \
+    "needs them: run it without REPORTS_ONLY"
+}
+
 report_into() {  # report_into <study> <folder under $DOCS> [report options...]
   local study=$1 out=$2
   shift 2
   [ "${SWEEPS_ONLY:-0}" = 1 ] && return 0
+  unreported "$study" && return 0
   echo "== report $study into $DOCS/$out"
   $VAE_BENCH report "$RUNS/$study" --out "$DOCS/$out" "$@"
 }
@@ -122,6 +129,7 @@ PYTHON
 
 sigma_maps() {  # sigma_maps <study>: decoder σₓ per pixel, from each run's last checkpoint
   [ "${SWEEPS_ONLY:-0}" = 1 ] && return 0
+  [ "${REPORTS_ONLY:-0}" = 1 ] && [ ! -d "$RUNS/$1" ] && return 0  # report_into said why
   python scripts/decoder_sigma_maps.py "$RUNS/$1" --out "$DOCS/$1"
   records "$1" save  # each run's row, kept beside it, joins its record (checkpoints do not)
 }
