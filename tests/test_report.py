@@ -429,6 +429,18 @@ def test_intervals_and_p_values_are_scipys(two_sweeps, capsys) -> None:
                                                             pytest.approx(high))
 
 
+def test_equal_differences_get_no_interval_even_where_their_mean_rounds() -> None:
+    """Three pairs 0.0125 apart: the float mean is not 0.0125 and the sample sd is 1e-18, not 0;
+    that is still no spread to test against, not a CI of width 1e-17 and a p of 1e-30."""
+    from vae_bench.report.stats import paired_t
+
+    result = paired_t([0.0125, 0.0125, 0.0125], [0.0, 0.0, 0.0])
+    assert result.ci is None and result.p_value is None and not result.tested
+    assert result.difference == pytest.approx(0.0125)
+    spread = paired_t([0.0125, 0.0126, 0.0125], [0.0, 0.0, 0.0])
+    assert spread.ci is not None and spread.ci[0] < 0.0125 < spread.ci[1]
+
+
 def test_holm_by_hand() -> None:
     from vae_bench.report.stats import holm
 
@@ -670,14 +682,16 @@ def test_paired_difference_to_the_baseline_per_epoch(growing_gap: Path, capsys) 
 def test_the_differences_over_training_are_tabled_and_in_report_json(growing_gap: Path,
                                                                      capsys) -> None:
     """The trend figure's numbers: a table at the IWAE epochs (1 and 4 here), with the active
-    units, and every epoch in report.json."""
+    units and σ's share at a bound, and every epoch in report.json."""
     for seed in range(3):  # active units per epoch: logstd keeps one latent fewer from epoch 3
         for param, fewer in (("logvar", 0), ("logstd", 1)):
             with open(growing_gap / f"param={param},seed={seed}" / "metrics.jsonl", "a") as f:
                 for epoch in range(1, 5):
                     f.write(json.dumps({"step": 10 * epoch, "epoch": epoch,
                                         "latent/active_units":
-                                            20.0 - (fewer if epoch >= 3 else 0)}) + "\n")
+                                            20.0 - (fewer if epoch >= 3 else 0),
+                                        "posterior/test_saturated_frac":
+                                            0.0125 * fewer * (epoch == 4)}) + "\n")
     run_report(capsys, growing_gap, "--no-figures")
     table = section((growing_gap / "report.md").read_text(),
                     "### Difference to the baseline over training")
@@ -687,6 +701,7 @@ def test_the_differences_over_training_are_tabled_and_in_report_json(growing_gap
     assert rows["test/elbo"][4].startswith("-0.60 [") and rows["test/elbo"][5].startswith("-2.40 [")
     assert rows["test/nll_iwae"][4] == "+0.20"  # every pair +0.2: no spread, no CI
     assert rows["latent/active_units"][4:] == ["+0.0", "-1.0"]
+    assert rows["posterior/test_saturated_frac"][4:] == ["+0.0000", "+0.0125"]
     softplus = {row[2]: row for row in table_rows(table, "param=softplus_std")}
     assert softplus["test/elbo"][3:] == ["1 seed pair", "+1.00", "—"]  # epoch 4 not logged
     (group,) = json.loads((growing_gap / "report.json").read_text())["groups"]

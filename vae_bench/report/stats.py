@@ -88,12 +88,12 @@ def paired_t(variant: Sequence[float], baseline: Sequence[float]) -> TestResult:
     if n < 2:
         return TestResult(mean, None, None, "none: 1 seed pair, no spread to test against",
                           n, n, paired=True)
-    sd = float(d.std(ddof=1))
-    if sd == 0:
+    # Equal differences, not sd == 0: the mean of three 0.0125s rounds, and their sd is 1e-18.
+    if np.all(d == d[0]):
         return TestResult(mean, None, None, "none: every seed pair differs by the same amount "
                           "(zero variance)", n, n, paired=True)
     p = float(scipy_stats.ttest_rel(variant, baseline).pvalue)
-    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    half = t_quantile(n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
     return TestResult(mean, (mean - half, mean + half), p, PAIRED, n, n, paired=True)
 
 

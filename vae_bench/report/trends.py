@@ -34,9 +34,12 @@ from vae_bench.report.variants import METRIC_DECIMALS, Variant
 # (tag, axis label): the label says which sign is better
 TREND_TAGS = (("test/elbo", "Δ test ELBO (nats; > 0: variant better)"),
               ("test/nll_iwae", "Δ IWAE NLL (nats; < 0: variant better)"))
-# The table and report.json add the active units: whether a map keeps latents its baseline loses
-# (or the reverse) shows over training, not only at the end.
-TABLE_TAGS = (*(tag for tag, _ in TREND_TAGS), "latent/active_units")
+# The table and report.json add the active units, whether a map keeps latents its baseline loses
+# (or the reverse), and the share of test σ within 1% of a bound of its map (where runs log it):
+# both show over training, not only at the end.
+TABLE_TAGS = (*(tag for tag, _ in TREND_TAGS), "latent/active_units",
+              "posterior/test_saturated_frac")
+TABLE_DECIMALS = {"posterior/test_saturated_frac": 4}
 TABLE_EPOCHS_MAX = 5  # without IWAE checkpoints, the table's epochs are this many, log-spaced
 PANELS_MAX = 9  # up to this many variants get a row of panels each; more share one panel per tag
 LEGEND_MAX = 40  # variants sharing a panel get a legend up to this many
@@ -130,7 +133,7 @@ def trend_cell(item: Trend, epoch: int) -> str:
     if epoch not in item.epochs:
         return "—"
     at = item.epochs.index(epoch)
-    decimals = METRIC_DECIMALS.get(item.tag, 2)
+    decimals = TABLE_DECIMALS.get(item.tag, METRIC_DECIMALS.get(item.tag, 2))
     ci = item.ci[at]
     interval = f" [{fmt(ci[0], decimals)}, {fmt(ci[1], decimals)}]" if ci else ""
     return f"{item.mean[at]:+.{decimals}f}{interval}"
@@ -153,8 +156,9 @@ def trend_table_lines(report: GroupReport) -> list[str]:
             f"variant − baseline at epoch …, mean over the seeds paired by seed [Student-t "
             f"{CONFIDENCE:.0%} CI, not adjusted for multiplicity: these describe how a gap "
             "develops; the tested comparisons are the final ones above]. "
-            "Every run that logged the epoch counts, finished or not. For test/elbo and "
-            "latent/active_units > 0 means the variant is higher; for test/nll_iwae < 0 "
+            "Every run that logged the epoch counts, finished or not. For test/elbo, "
+            "latent/active_units and posterior/test_saturated_frac (the share of test σ within "
+            "1% of a bound of the map) > 0 means the variant is higher; for test/nll_iwae < 0 "
             "means the variant is better. —: not logged by both at that epoch.", "",
             *md_table(header, rows),
             ""]
