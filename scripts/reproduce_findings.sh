@@ -129,7 +129,7 @@ PYTHON
 
 sigma_maps() {  # sigma_maps <study>: decoder σₓ per pixel, from each run's last checkpoint
   [ "${SWEEPS_ONLY:-0}" = 1 ] && return 0
-  [ "${REPORTS_ONLY:-0}" = 1 ] && [ ! -d "$RUNS/$1" ] && return 0  # report_into said why
+  unreported "$1" > /dev/null && return 0  # report_into said why
   python scripts/decoder_sigma_maps.py "$RUNS/$1" --out "$DOCS/$1"
   records "$1" save  # each run's row, kept beside it, joins its record (checkpoints do not)
 }

@@ -439,6 +439,10 @@ def test_equal_differences_get_no_interval_even_where_their_mean_rounds() -> Non
     assert result.difference == pytest.approx(0.0125)
     spread = paired_t([0.0125, 0.0126, 0.0125], [0.0, 0.0, 0.0])
     assert spread.ci is not None and spread.ci[0] < 0.0125 < spread.ci[1]
+    from vae_bench.report.stats import welch_t
+
+    constant = welch_t([0.0125, 0.0125, 0.0125], [0.0, 0.0])  # unpaired: the same holds
+    assert constant.ci is None and constant.p_value is None and not constant.tested
 
 
 def test_holm_by_hand() -> None:

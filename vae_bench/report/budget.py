@@ -82,7 +82,12 @@ def iwae_k(config: dict, summary: dict | None = None) -> int | None:
     k = config.get("eval.iwae_k")
     if k is None and summary:
         k = summary.get("eval/iwae_k")
-    return int(k) if isinstance(k, int | float) and not isinstance(k, bool) else None
+    return as_k(k)
+
+
+def as_k(value) -> int | None:
+    """A recorded number of importance samples, or None where there is none."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 BUDGET_ITEMS = (("model", model_label),
@@ -130,8 +135,8 @@ def iwae_final_label(runs: Sequence[Run]) -> str:
     larger final k than others; a pair of runs of one seed still shares its k."""
     seeds_by_k: dict[int, set] = {}
     for run in runs:
-        k = run.summary.get("eval/iwae_k_final", run.config.get("eval.iwae_k_final"))
-        if "test/nll_iwae_final" in run.summary and isinstance(k, int) and not isinstance(k, bool):
+        k = as_k(run.summary.get("eval/iwae_k_final", run.config.get("eval.iwae_k_final")))
+        if "test/nll_iwae_final" in run.summary and k is not None:
             seeds_by_k.setdefault(k, set()).add(run.seed)
     if not seeds_by_k:
         return "test/nll_iwae_final (k not recorded)"
